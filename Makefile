@@ -1,0 +1,55 @@
+# atari-pb: every target is a thin wrapper over the `atari-pb` command line (see README.md).
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+DATASET ?= demo
+DATA    ?= data
+SRC     ?= $(DATA)/replay/$(DATASET)
+DST     ?= $(DATA)/shards/$(DATASET)
+WORKERS ?= 2
+ARGS    ?=
+
+.PHONY: setup test lint collect download ingest verify data demo bench clean
+
+setup: $(VENV)/.installed
+
+# Re-installs only when the package metadata changes; torch/torchvision come as a matching pair.
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -c "import timm, torch, torchvision, rliable, ale_py, h5py"
+	touch $@
+
+test: setup
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Data: play games locally (collect) or fetch real DQN-Replay (download), then ingest and verify.
+collect: setup
+	$(BIN)/atari-pb collect $(SRC) --dataset datasets/$(DATASET).yaml $(ARGS)
+
+download: setup
+	$(BIN)/atari-pb download $(SRC) --dataset datasets/$(DATASET).yaml $(ARGS)
+
+ingest: setup
+	$(BIN)/atari-pb ingest $(SRC) $(DST) --dataset datasets/$(DATASET).yaml --workers $(WORKERS) $(ARGS)
+
+verify: setup
+	$(BIN)/atari-pb verify $(DST)
+
+data: collect ingest verify
+
+# The pipeline on the small embedded default (datasets/demo.yaml). Today: data (collect, ingest,
+# verify); pre-training, fine-tuning and the leaderboard join as they land.
+demo: setup
+	$(MAKE) data DATASET=demo
+
+bench: setup
+	$(BIN)/python -m bench.run_all $(ARGS)
+
+clean:
+	rm -rf $(DATA) bench/out .pytest_cache

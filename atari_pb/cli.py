@@ -1,0 +1,192 @@
+"""The `atari-pb` command line: one subcommand per step of the pipeline, `key=value` overrides anywhere.
+
+Errors in the request (unknown game, bad key, missing path) print one line and exit 2 with nothing
+written; errors in the data (truncated file, hash mismatch) print one line each and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from atari_pb.config import load_config
+from atari_pb.errors import AtariPBError, UsageError
+
+log = logging.getLogger("atari_pb")
+
+
+def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """`key=value` tokens are config overrides; everything else is for argparse."""
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    rest = [a for a in argv if a not in overrides]
+    return rest, overrides
+
+
+def _selection_args(p: argparse.ArgumentParser, samples: bool = True) -> None:
+    p.add_argument("--dataset", type=Path, help="datasets/<name>.yaml: games, runs, ckpts, samples_per_ckpt")
+    p.add_argument("--games", nargs="+", help="game names or splits (id, near_ood, far_ood)")
+    p.add_argument("--runs", nargs="+", type=int)
+    p.add_argument("--ckpts", nargs="+", type=int)
+    if samples:
+        p.add_argument("--samples-per-ckpt", type=int, help="first N transitions of each checkpoint")
+
+
+def _dataset_config(args: argparse.Namespace, overrides: list[str]):
+    """The selection from --dataset (if any), the flags on top, then key=value overrides."""
+    from atari_pb.data.dataset import DatasetConfig
+
+    flags = []
+    for key in ("games", "runs", "ckpts"):
+        if getattr(args, key, None):
+            flags.append(f"{key}=[{','.join(map(str, getattr(args, key)))}]")
+    if getattr(args, "samples_per_ckpt", None) is not None:
+        flags.append(f"samples_per_ckpt={args.samples_per_ckpt}")
+    if getattr(args, "transitions", None) is not None:
+        flags.append(f"collect.transitions_per_ckpt={args.transitions}")
+    for key in ("policy", "seed"):
+        if getattr(args, key, None) is not None:
+            flags.append(f"collect.{key}={getattr(args, key)}")
+    return load_config(DatasetConfig, args.dataset, [*flags, *overrides])
+
+
+def _games(names: Sequence[str]):
+    from atari_pb.games import resolve_games
+
+    return resolve_games(names)
+
+
+def cmd_collect(args: argparse.Namespace, overrides: list[str]) -> int:
+    from atari_pb.data.collect import collect
+
+    cfg = _dataset_config(args, overrides)
+    collect(args.out, _games(cfg.games), cfg.runs, cfg.ckpts, cfg.collect)
+    log.info("collected into %s", args.out)
+    return 0
+
+
+def cmd_download(args: argparse.Namespace, overrides: list[str]) -> int:
+    from atari_pb.data.download import download
+
+    cfg = _dataset_config(args, overrides)
+    samples = None if args.whole else cfg.samples_per_ckpt
+    report = download(
+        args.dest,
+        _games(cfg.games),
+        cfg.runs,
+        cfg.ckpts,
+        samples_per_ckpt=samples,
+        **({"base_url": args.base_url} if args.base_url else {}),
+        retries=args.retries,
+        timeout=args.timeout,
+    )
+    log.info("download: %s", report)
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace, overrides: list[str]) -> int:
+    from atari_pb.data.ingest import ingest
+
+    cfg = _dataset_config(args, overrides)
+    if cfg.samples_per_ckpt is None:
+        raise UsageError("ingest needs --samples-per-ckpt N (or a --dataset file that sets samples_per_ckpt)")
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be >= 1")
+    report = ingest(
+        args.src,
+        args.dst,
+        _games(cfg.games),
+        cfg.runs,
+        cfg.ckpts,
+        cfg.samples_per_ckpt,
+        args.workers,
+        args.full_check,
+    )
+    for line in report.errors:
+        print(f"atari-pb: error: {line}", file=sys.stderr)
+    log.info(
+        "ingest %s: %d built, %d already finished, %d failed",
+        args.dst,
+        len(report.built),
+        len(report.skipped),
+        len(report.errors),
+    )
+    return 1 if report.errors else 0
+
+
+def cmd_verify(args: argparse.Namespace, overrides: list[str]) -> int:
+    from atari_pb.data.ingest import verify
+
+    if overrides:
+        raise UsageError(f"verify takes no overrides (got {' '.join(overrides)})")
+    problems = verify(args.dst)
+    for line in problems:
+        print(f"atari-pb: bad shard: {line}", file=sys.stderr)
+    if problems:
+        return 1
+    log.info("verify %s: every shard matches the manifest", args.dst)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="atari-pb",
+        description="Atari pre-training benchmark. Config overrides are key=value arguments anywhere.",
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("collect", help="play games through ale-py and write DQN-Replay files")
+    p.add_argument("out", type=Path, help="root of the DQN-Replay tree to write")
+    _selection_args(p, samples=False)
+    p.add_argument(
+        "--transitions", type=int, help="transitions per checkpoint (collect.transitions_per_ckpt)"
+    )
+    p.add_argument("--policy", help="random")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("download", help="fetch DQN-Replay files over HTTPS (prefix-streaming, resumable)")
+    p.add_argument("dest", type=Path, help="root of the local DQN-Replay tree")
+    _selection_args(p)
+    p.add_argument(
+        "--whole", action="store_true", help="download whole observation files, not just the prefix"
+    )
+    p.add_argument("--base-url", default=None, help="where the DQN-Replay tree is served")
+    p.add_argument("--retries", type=int, default=5)
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("ingest", help="DQN-Replay checkpoints -> HDF5 shards + manifest.json")
+    p.add_argument("src", type=Path, help="root of a DQN-Replay tree")
+    p.add_argument("dst", type=Path, help="shard directory")
+    _selection_args(p)
+    p.add_argument("--workers", type=int, default=1, help="shards built in parallel")
+    p.add_argument(
+        "--full-check",
+        action="store_true",
+        help="decompress whole observation files to check their CRC-32 (costs the full decompression)",
+    )
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("verify", help="re-hash shards against the manifest, check shapes and dtypes")
+    p.add_argument("dst", type=Path, help="shard directory")
+    p.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest, overrides = _split_overrides(argv)
+    args = build_parser().parse_args(rest)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.func(args, overrides)
+    except AtariPBError as err:
+        print(f"atari-pb: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("atari-pb: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,183 @@
+"""Play Atari games through ale-py and log them in the DQN-Replay on-disk format.
+
+Each requested run of a game is one environment of an `AtariVectorEnv`, stepped in lock-step with the
+others; each checkpoint is the next `transitions_per_ckpt` transitions of that run's stream, so a checkpoint
+may start mid-episode, as a real one does. Transition i holds the frame the action was chosen on
+(observation[i]), the action, the raw reward received and terminal[i] = 1 when the episode ended with it
+(game over or the 27,000-step horizon), exactly as Dopamine logged DQN-Replay. Like DQN-Replay, the
+logging environment uses sticky actions (p = 0.25 by default) and no no-op starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from atari_pb.data.replay_format import FRAME_SHAPE, GzipNpyWriter, replay_file, write_gz_npy
+from atari_pb.errors import UsageError
+from atari_pb.games import Game
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("random",)
+STACK_SIZE = 4  # Dopamine's replay stack size, for the invalid range
+UPDATE_HORIZON = 1  # Dopamine's default update horizon, for the invalid range
+_WRITE_BLOCK = 1024  # frames buffered before a compress call
+
+
+@dataclass
+class CollectConfig:
+    """How `atari-pb collect` plays (the `collect:` section of datasets/*.yaml)."""
+
+    transitions_per_ckpt: int = 2500
+    policy: str = "random"
+    sticky_action_prob: float = 0.25
+    seed: int = 0
+    compress_level: int = 6
+    num_threads: int = 0  # ALE vector-env threads; 0 = one per core
+
+
+def invalid_range(cursor: int, capacity: int) -> np.ndarray:
+    """Dopamine's invalid range: indices whose stacks or next states straddle the write cursor."""
+    return np.array(
+        [(cursor - UPDATE_HORIZON + i) % capacity for i in range(STACK_SIZE + UPDATE_HORIZON)], dtype=np.int64
+    )
+
+
+class RandomPolicy:
+    """Uniform over the game's minimal action set; one generator per run so runs are reproducible alone."""
+
+    def __init__(self, num_actions: int, seeds: Sequence[int]):
+        self.num_actions = num_actions
+        self.rngs = [np.random.default_rng(s) for s in seeds]
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return np.array([rng.integers(self.num_actions) for rng in self.rngs], dtype=np.int32)
+
+
+def make_policy(spec: str, num_actions: int, seeds: Sequence[int]):
+    if spec == "random":
+        return RandomPolicy(num_actions, seeds)
+    raise UsageError(f"unknown policy {spec!r}; valid policies: {', '.join(POLICIES)}")
+
+
+def run_seed(seed: int, game: Game, run: int) -> int:
+    """A seed for (seed, game, run) that does not depend on which other games or runs are collected."""
+    return zlib.crc32(f"{seed}/{game.name}/{run}".encode()) % (1 << 31)  # ALE takes int32 seeds
+
+
+def collect_game(
+    out_root: Path,
+    game: Game,
+    runs: Sequence[int],
+    ckpts: Sequence[int],
+    cfg: CollectConfig,
+    progress: tqdm | None = None,
+) -> None:
+    from ale_py.vector_env import AtariVectorEnv  # imported here: only collection needs the emulator
+
+    runs, ckpts = list(runs), sorted(ckpts)
+    n = cfg.transitions_per_ckpt
+    env = AtariVectorEnv(
+        game.name,
+        num_envs=len(runs),
+        num_threads=cfg.num_threads,
+        stack_num=STACK_SIZE,
+        repeat_action_probability=cfg.sticky_action_prob,
+        noop_max=0,
+        use_fire_reset=False,
+        reward_clipping=False,
+        episodic_life=False,
+        autoreset_mode="SameStep",
+    )
+    try:
+        seeds = [run_seed(cfg.seed, game, r) for r in runs]
+        policy = make_policy(cfg.policy, env.single_action_space.n, seeds)
+        obs, _ = env.reset(seed=np.array(seeds, dtype=np.int64))
+        for run in runs:
+            replay_file(out_root, game.replay_name, run, "observation", 0).parent.mkdir(
+                parents=True, exist_ok=True
+            )
+        for ckpt in ckpts:
+            writers = [
+                GzipNpyWriter(
+                    replay_file(out_root, game.replay_name, r, "observation", ckpt),
+                    np.uint8,
+                    (n, *FRAME_SHAPE),
+                    cfg.compress_level,
+                )
+                for r in runs
+            ]
+            frames = np.empty((len(runs), _WRITE_BLOCK, *FRAME_SHAPE), np.uint8)
+            action = np.empty((len(runs), n), np.int32)
+            reward = np.empty((len(runs), n), np.float32)
+            terminal = np.empty((len(runs), n), np.uint8)
+            try:
+                for i in range(n):
+                    frames[:, i % _WRITE_BLOCK] = obs[:, -1]
+                    a = policy.act(obs)
+                    obs, r, term, trunc, _ = env.step(a)
+                    action[:, i], reward[:, i], terminal[:, i] = a, r, term | trunc
+                    if (i + 1) % _WRITE_BLOCK == 0 or i + 1 == n:
+                        for w, block in zip(writers, frames):
+                            w.write(block[: i % _WRITE_BLOCK + 1])
+                        if progress is not None:
+                            progress.update(len(runs) * (i % _WRITE_BLOCK + 1))
+                for w in writers:
+                    w.close()
+            except BaseException:
+                for w in writers:
+                    w.abort()
+                raise
+            for k, run in enumerate(runs):
+                arrays = {
+                    "action": action[k],
+                    "reward": reward[k],
+                    "terminal": terminal[k],
+                    # The buffer is full and its cursor sits at 0, as in the published checkpoints.
+                    "invalid_range": invalid_range(0, n),
+                    "add_count": np.array((ckpt + 1) * n, dtype=np.int64),
+                }
+                for field, array in arrays.items():
+                    path = replay_file(out_root, game.replay_name, run, field, ckpt)
+                    write_gz_npy(path, array, cfg.compress_level)
+            log.info("collected %s runs %s ckpt %d (%d transitions each)", game.name, runs, ckpt, n)
+    finally:
+        env.close()
+
+
+def collect(
+    out_root: Path, games: Sequence[Game], runs: Sequence[int], ckpts: Sequence[int], cfg: CollectConfig
+) -> None:
+    """Collect every (game, run, checkpoint) into `out_root` in DQN-Replay layout."""
+    if cfg.transitions_per_ckpt < STACK_SIZE + UPDATE_HORIZON:
+        raise UsageError(
+            f"transitions_per_ckpt={cfg.transitions_per_ckpt}: must be at least {STACK_SIZE + 1}"
+        )
+    if cfg.policy not in POLICIES:
+        raise UsageError(f"unknown policy {cfg.policy!r}; valid policies: {', '.join(POLICIES)}")
+    if not 0.0 <= cfg.sticky_action_prob <= 1.0:
+        raise UsageError(f"sticky_action_prob={cfg.sticky_action_prob}: must be within [0, 1]")
+    check_ids("runs", runs, 1)
+    check_ids("ckpts", ckpts, 0)
+    out_root = Path(out_root)
+    if out_root.exists() and not out_root.is_dir():
+        raise UsageError(f"{out_root} is a file; collect needs a directory")
+    total = len(games) * len(runs) * len(ckpts) * cfg.transitions_per_ckpt
+    with tqdm(total=total, unit="transition", unit_scale=True, desc="collect", disable=None) as bar:
+        for game in games:
+            collect_game(out_root, game, runs, ckpts, cfg, bar)
+
+
+def check_ids(what: str, values: Sequence[int], lowest: int) -> None:
+    if not values:
+        raise UsageError(f"no {what} given")
+    bad = [v for v in values if v < lowest]
+    if bad or len(set(values)) != len(values):
+        raise UsageError(f"{what} {list(values)}: must be distinct integers >= {lowest}")

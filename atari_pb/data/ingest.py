@@ -1,0 +1,221 @@
+"""`atari-pb ingest` and `atari-pb verify`: DQN-Replay checkpoints -> verified HDF5 shards.
+
+Ingest checks the whole request before it writes anything (games, runs, checkpoints, every source file),
+then builds the missing shards, in worker processes when asked, and records each one in the manifest the
+moment it is complete. Killing it at any point loses at most the shards being written; running it again
+builds those and gives the same bytes as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import signal
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from atari_pb.data.manifest import MANIFEST_NAME, ShardEntry, read_manifest, sha256_file, write_manifest
+from atari_pb.data.replay_format import (
+    ALL_FIELDS,
+    META_FIELDS,
+    STORE_FIELDS,
+    open_store_array,
+    read_small_array,
+    replay_file,
+    run_dir,
+)
+from atari_pb.data.shard import ShardJob, build_shard, shard_problems
+from atari_pb.errors import AtariPBError, DataError, UsageError
+from atari_pb.games import Game, all_games
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestReport:
+    built: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def _available(path: Path, pattern: str) -> list[str]:
+    return sorted(p.name for p in path.glob(pattern)) if path.is_dir() else []
+
+
+def plan_ingest(
+    src: Path,
+    dst: Path,
+    games: Sequence[Game],
+    runs: Sequence[int],
+    ckpts: Sequence[int],
+    samples: int,
+    full_check: bool = False,
+) -> list[ShardJob]:
+    """Check the request against what `src` holds; one job per (game, run, checkpoint)."""
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise UsageError(f"source {src} is not a directory")
+    if dst.exists() and not dst.is_dir():
+        raise UsageError(f"destination {dst} is a file; ingest needs a directory")
+    if samples < 1:
+        raise UsageError(f"samples_per_ckpt={samples}: must be >= 1")
+    if not games or not runs or not ckpts:
+        raise UsageError("ingest needs at least one game, one run and one checkpoint")
+    known = {g.replay_name for g in all_games()}
+    jobs = []
+    for game in games:
+        if not (src / game.replay_name).is_dir():
+            present = [n for n in _available(src, "*") if n in known]
+            raise UsageError(
+                f"{src / game.replay_name} does not exist; games in {src}: {', '.join(present) or 'none'}"
+            )
+        for run in runs:
+            logs = run_dir(src, game.replay_name, run)
+            if not logs.is_dir():
+                present = [
+                    n
+                    for n in _available(src / game.replay_name, "*")
+                    if (src / game.replay_name / n).is_dir()
+                ]
+                raise UsageError(
+                    f"{logs} does not exist; runs of {game.replay_name}: {', '.join(present) or 'none'}"
+                )
+            for ckpt in ckpts:
+                for fld in ALL_FIELDS:
+                    path = replay_file(src, game.replay_name, run, fld, ckpt)
+                    if not path.is_file():
+                        have = sorted(
+                            int(name.rsplit(".", 2)[-2])
+                            for name in _available(logs, "$store$_observation_ckpt.*.gz")
+                            if name.rsplit(".", 2)[-2].isdigit()
+                        )
+                        raise UsageError(
+                            f"{path} does not exist; checkpoints of {game.replay_name} run {run}: "
+                            f"{', '.join(map(str, have)) or 'none'}"
+                        )
+                jobs.append(
+                    ShardJob(str(src), str(dst), game.name, game.replay_name, run, ckpt, samples, full_check)
+                )
+    for job in tqdm(jobs, unit="checkpoint", desc="check sources", disable=None, leave=False):
+        check_sources(job)
+    return jobs
+
+
+def check_sources(job: ShardJob) -> None:
+    """Read the headers of a checkpoint's files (a few bytes each): dtypes, shapes and lengths."""
+    for fld in STORE_FIELDS:
+        reader, header = open_store_array(
+            replay_file(job.src_root, job.replay_name, job.run, fld, job.ckpt), fld
+        )
+        reader.close()
+        if header.shape[0] < job.samples:
+            raise DataError(f"{reader.path}: has {header.shape[0]} transitions, {job.samples} were asked for")
+    for fld in META_FIELDS:
+        read_small_array(replay_file(job.src_root, job.replay_name, job.run, fld, job.ckpt))
+
+
+def _die_with_parent() -> None:
+    """Worker initializer: a killed ingest takes its workers with it (Linux), leaving no orphan writers."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def ingest(
+    src: Path,
+    dst: Path,
+    games: Sequence[Game],
+    runs: Sequence[int],
+    ckpts: Sequence[int],
+    samples: int,
+    workers: int = 1,
+    full_check: bool = False,
+) -> IngestReport:
+    jobs = plan_ingest(src, dst, games, runs, ckpts, samples, full_check)
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    entries = read_manifest(dst)
+    report = IngestReport()
+    todo = []
+    for job in jobs:
+        done = entries.get((job.game, job.run, job.ckpt))
+        if done is None:
+            todo.append(job)
+        elif done.length != job.samples:
+            raise UsageError(
+                f"{dst / done.path} already holds {done.length} transitions, {job.samples} were asked for; "
+                "ingest into another destination"
+            )
+        else:
+            report.skipped.append(done.path)
+
+    def finished(entry: ShardEntry) -> None:
+        entries[entry.key] = entry
+        write_manifest(dst, entries)
+        report.built.append(entry.path)
+
+    bar = tqdm(total=len(jobs), initial=len(report.skipped), unit="shard", desc="ingest", disable=None)
+    try:
+        if workers <= 1:
+            for job in todo:
+                try:
+                    finished(build_shard(job))
+                except AtariPBError as err:
+                    report.errors.append(str(err))
+                bar.update()
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_die_with_parent) as pool:
+                job_of: dict[Future, ShardJob] = {pool.submit(build_shard, job): job for job in todo}
+                pending = set(job_of)
+                while pending:
+                    done_now, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done_now:
+                        try:
+                            finished(fut.result())
+                        except AtariPBError as err:
+                            report.errors.append(str(err))
+                        except BrokenProcessPool as err:  # a worker was killed (out of memory, a signal)
+                            report.errors.append(f"{dst / job_of[fut].relpath}: worker died ({err})")
+                        bar.update()
+    finally:
+        bar.close()
+    if not report.errors:
+        write_manifest(dst, entries)  # a manifest even when there was nothing to do
+        for stale in [*dst.glob(".*.tmp"), *dst.glob("*/.*.tmp")]:  # left by an ingest that was killed
+            stale.unlink(missing_ok=True)
+    log.info("ingest: %d shards built, %d already finished", len(report.built), len(report.skipped))
+    return report
+
+
+def verify(root: Path) -> list[str]:
+    """Re-hash every shard against the manifest and check its layout; one problem line per bad shard."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a directory")
+    if not (root / MANIFEST_NAME).is_file():
+        raise UsageError(f"{root / MANIFEST_NAME} does not exist; is {root} a shard directory?")
+    entries = read_manifest(root)
+    if not entries:
+        raise DataError(f"{root / MANIFEST_NAME} lists no shards")
+    problems = []
+    for entry in tqdm(list(entries.values()), unit="shard", desc="verify", disable=None):
+        path = root / entry.path
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+            continue
+        if path.stat().st_size != entry.bytes:
+            problems.append(f"{path}: {path.stat().st_size} bytes, manifest says {entry.bytes}")
+            continue
+        if sha256_file(path) != entry.sha256:
+            problems.append(f"{path}: SHA-256 differs from the manifest")
+            continue
+        problems += [f"{path}: {p}" for p in shard_problems(path, entry)]
+    return problems
