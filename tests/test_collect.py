@@ -107,6 +107,23 @@ def test_bad_requests(tmp_path, args, words):
     assert not (tmp_path / "out").exists()
 
 
+def test_rerun_skips_finished_runs_and_refuses_other_settings(pong, tmp_path):
+    import shutil
+
+    shutil.copytree(pong, tmp_path / "t")
+    path = replay_file(tmp_path / "t", "Pong", 1, "observation", 3)
+    stamp = path.stat().st_mtime_ns
+    collect(
+        tmp_path / "t", [get_game("pong")], [1, 2], [3, 4], CollectConfig(transitions_per_ckpt=1500, seed=0)
+    )
+    assert path.stat().st_mtime_ns == stamp  # finished: not played again
+    with pytest.raises(UsageError, match="collected with other settings"):
+        collect(
+            tmp_path / "t", [get_game("pong")], [1], [3, 4], CollectConfig(transitions_per_ckpt=1500, seed=9)
+        )
+    assert path.stat().st_mtime_ns == stamp
+
+
 def test_destination_is_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(UsageError, match="is a file"):

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from atari_pb.data import ShardSet
 from atari_pb.data.collect import CollectConfig, collect
 from atari_pb.data.download import download, replay_url
 from atari_pb.data.replay_format import read_store_prefix, relative_replay_file
@@ -139,7 +140,12 @@ def fetch(server: _Server, dest: Path, samples: int | None = None, games=(PONG,)
 
 
 def files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """The DQN-Replay files under root (not collect's own record of how it played)."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "replay_logs" in p.parts
+    }
 
 
 def frames(path: Path, n: int) -> np.ndarray:
@@ -303,3 +309,20 @@ def test_too_many_samples_is_a_data_error(serve, tmp_path):
     server = serve()
     with pytest.raises(DataError, match=f"has {TRANSITIONS} transitions, 2000 were asked for"):
         fetch(server, tmp_path, samples=2000)
+
+
+def test_cli_prefix_download_then_ingest(tree, serve, tmp_path):
+    """The real pipeline: stream 200-frame prefixes over HTTP, then ingest and verify them."""
+    from .test_ingest import atari_pb
+
+    server = serve(drops=1)
+    dest, shards = tmp_path / "replay", tmp_path / "shards"
+    selection = ["--games", "pong", "--runs", "1", "--ckpts", *map(str, CKPTS), "--samples-per-ckpt", "200"]
+    proc = atari_pb("download", dest, *selection, "--base-url", server.base_url, "--retries", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert server.sent[OBS] < 0.5 * (tree / OBS).stat().st_size
+    assert atari_pb("ingest", dest, shards, *selection, check=True).returncode == 0
+    assert atari_pb("verify", shards).returncode == 0
+    np.testing.assert_array_equal(
+        ShardSet(shards).maps[0][:200], frames(tree / "Pong/1/replay_logs/$store$_observation_ckpt.0.gz", 200)
+    )

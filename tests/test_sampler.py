@@ -222,3 +222,11 @@ def test_loader_workers_keep_step_order_and_resume(shards):
     resumed = [b["index"] for b in ShardStream(shards, 8, spec, seed=1, start_step=4, num_steps=2)]
     assert all(torch.equal(a, b) for a, b in zip(plain[4:], resumed, strict=True))
     assert not torch.equal(plain[0], plain[1])
+
+
+def test_game_filter(shard_dir):
+    only = ShardSet(shard_dir, games=["pong"])
+    assert {s.game for s in only.shards} == {"pong"} and len(only) == 4 * SAMPLES
+    assert (only.sample(16, seed=0)["game_id"] == get_game("pong").game_id).all()
+    with pytest.raises(UsageError, match="holds no shards of boxing; games there: breakout, pong"):
+        ShardSet(shard_dir, games=["boxing"])

@@ -10,16 +10,17 @@ logging environment uses sticky actions (p = 0.25 by default) and no no-op start
 
 from __future__ import annotations
 
+import json
 import logging
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from atari_pb.data.replay_format import FRAME_SHAPE, GzipNpyWriter, replay_file, write_gz_npy
+from atari_pb.data.replay_format import FRAME_SHAPE, GzipNpyWriter, replay_file, run_dir, write_gz_npy
 from atari_pb.errors import UsageError
 from atari_pb.games import Game
 
@@ -150,6 +151,39 @@ def collect_game(
             log.info("collected %s runs %s ckpt %d (%d transitions each)", game.name, runs, ckpt, n)
     finally:
         env.close()
+    for run in runs:  # written last: a run with a record is complete
+        record = run_dir(out_root, game.replay_name, run).parent / RECORD_NAME
+        record.write_text(json.dumps(_record(ckpts, cfg), indent=1) + "\n")
+
+
+RECORD_NAME = "collect.json"  # beside replay_logs/: what was collected there, and how
+
+
+def _record(ckpts: Sequence[int], cfg: CollectConfig) -> dict:
+    settings = asdict(cfg)
+    settings.pop("num_threads")  # does not change the data
+    return {"ckpts": sorted(ckpts), "config": settings}
+
+
+def runs_to_collect(
+    out_root: Path, game: Game, runs: Sequence[int], ckpts: Sequence[int], cfg: CollectConfig
+) -> list[int]:
+    """The runs not yet collected; a run collected with other settings is an error, never overwritten."""
+    todo = []
+    for run in runs:
+        record = run_dir(out_root, game.replay_name, run).parent / RECORD_NAME
+        if not record.exists():
+            todo.append(run)
+            continue
+        try:
+            done = json.loads(record.read_text())
+        except ValueError:
+            done = None
+        if done != _record(ckpts, cfg):
+            raise UsageError(
+                f"{record.parent} was collected with other settings ({record}); collect into another directory"
+            )
+    return todo
 
 
 def collect(
@@ -169,10 +203,14 @@ def collect(
     out_root = Path(out_root)
     if out_root.exists() and not out_root.is_dir():
         raise UsageError(f"{out_root} is a file; collect needs a directory")
-    total = len(games) * len(runs) * len(ckpts) * cfg.transitions_per_ckpt
+    todo = {game.name: runs_to_collect(out_root, game, runs, ckpts, cfg) for game in games}
+    total = sum(map(len, todo.values())) * len(ckpts) * cfg.transitions_per_ckpt
     with tqdm(total=total, unit="transition", unit_scale=True, desc="collect", disable=None) as bar:
         for game in games:
-            collect_game(out_root, game, runs, ckpts, cfg, bar)
+            if todo[game.name]:
+                collect_game(out_root, game, todo[game.name], ckpts, cfg, bar)
+            else:
+                log.info("%s runs %s: already collected", game.name, list(runs))
 
 
 def check_ids(what: str, values: Sequence[int], lowest: int) -> None:

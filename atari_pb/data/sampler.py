@@ -72,7 +72,8 @@ def _returns_to_go(reward: np.ndarray, terminal: np.ndarray) -> np.ndarray:
 class ShardSet:
     """The shards listed in `root/manifest.json`, sampled uniformly over valid starting transitions."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, games: Sequence[str] | None = None):
+        """`games`: use only these games' shards (e.g. the ID games for pre-training)."""
         self.root = Path(root)
         if not self.root.is_dir():
             raise UsageError(f"shard directory {self.root} does not exist")
@@ -81,6 +82,14 @@ class ShardSet:
             raise DataError(
                 f"{self.root}/manifest.json does not exist or lists no shards; run atari-pb ingest"
             )
+        if games is not None:
+            present = sorted({game for game, _, _ in entries})
+            missing = [g for g in games if g not in present]
+            if missing:
+                raise UsageError(
+                    f"{self.root} holds no shards of {', '.join(missing)}; games there: {', '.join(present)}"
+                )
+            entries = {key: e for key, e in entries.items() if e.game in games}
         self.shards: list[Shard] = []
         for k, entry in enumerate(entries[key] for key in sorted(entries)):
             self.shards.append(self._open_shard(k, entry))
