@@ -151,7 +151,7 @@ def test_stack_zero_filled_after_episode_end_at_first_index(shards):
     # breakout run 1 ckpt 0 has a planted terminal at index 0: the stack at 2 must not show frame 0
     k = next(s.number for s in shards.shards if (s.game, s.run, s.ckpt) == ("breakout", 1, 0))
     g = np.array([[int(shards.base[k]) + 2]])
-    stack = shards._stacks(np.array([k]), g, 4)[0, 0]
+    stack = shards._stacks(np.array([k]), [g], 4)[0][0, 0]
     assert not stack[:2].any() and stack[2:].any()
 
 
@@ -213,12 +213,13 @@ def test_stream_ranks_are_disjoint_slices_of_the_global_batch(shards):
         assert torch.equal(whole[key], torch.cat([p[key] for p in parts])), key
 
 
-def test_loader_workers_keep_step_order_and_resume(shards):
+def test_loader_threads_and_processes_keep_step_order_and_resume(shards):
     spec = SampleSpec(n_step=1)
     plain = [b["index"] for b in ShardStream(shards, 8, spec, seed=1, num_steps=6)]
-    loader = make_loader(ShardStream(shards, 8, spec, seed=1, num_steps=6), num_workers=2)
-    with_workers = [b["index"] for b in loader]
-    assert all(torch.equal(a, b) for a, b in zip(plain, with_workers, strict=True))
+    for processes in (False, True):
+        loader = make_loader(ShardStream(shards, 8, spec, seed=1, num_steps=6), num_workers=2, processes=processes)
+        with_workers = [b["index"] for b in loader]
+        assert all(torch.equal(a, b) for a, b in zip(plain, with_workers, strict=True))
     resumed = [b["index"] for b in ShardStream(shards, 8, spec, seed=1, start_step=4, num_steps=2)]
     assert all(torch.equal(a, b) for a, b in zip(plain[4:], resumed, strict=True))
     assert not torch.equal(plain[0], plain[1])
@@ -230,3 +231,12 @@ def test_game_filter(shard_dir):
     assert (only.sample(16, seed=0)["game_id"] == get_game("pong").game_id).all()
     with pytest.raises(UsageError, match="holds no shards of boxing; games there: breakout, pong"):
         ShardSet(shard_dir, games=["boxing"])
+
+
+def test_recycled_buffers_never_change_a_batch_that_is_still_held(shards):
+    held = [shards.sample(8, seed=s) for s in range(20)]  # more than the pool keeps per shape
+    again = [shards.sample(8, seed=s) for s in range(20)]
+    for a, b in zip(held, again):
+        assert torch.equal(a["obs"], b["obs"]) and torch.equal(a["next_obs"], b["next_obs"])
+    obs_views = [shards.sample(8, seed=s)["obs"][:, 0] for s in range(3)]  # a view keeps its buffer too
+    assert all(torch.equal(v, shards.sample(8, seed=s)["obs"][:, 0]) for s, v in enumerate(obs_views))

@@ -9,6 +9,8 @@ g = base[k] + i (shard k, index i). See `ShardSet.sample` for the exact contract
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -97,7 +99,8 @@ class ShardSet:
         self.base = np.concatenate([[0], np.cumsum(lengths)])  # global index of each shard's index 0
         self._load_scalars()
         self._offsets = [observation_offset(s.path) for s in self.shards]
-        self._maps: list[np.memmap] | None = None  # opened lazily, once per process
+        self._maps: list[np.ndarray] | None = None  # opened lazily, once per process
+        self._buffers = _BufferPool()
         self._valid_cache: dict[tuple[int, int, int], np.ndarray] = {}
 
     def _open_shard(self, k: int, entry: ShardEntry) -> Shard:
@@ -114,12 +117,14 @@ class ShardSet:
 
     def _load_scalars(self) -> None:
         n = int(self.base[-1])
-        self.action = np.empty(n, np.int64)
+        # a few bytes a transition: 22 with int32 indices (datasets under 2**31 transitions)
+        index_dtype = np.int32 if n < 2**31 else np.int64
+        self.action = np.empty(n, np.int32)
         self.reward = np.empty(n, np.float32)  # sign-clipped, NaN -> 0
         self.terminal = np.empty(n, np.uint8)
-        self.episode_start = np.empty(n, np.int64)  # global index where each index's episode starts
+        self.episode_start = np.empty(n, index_dtype)  # global index where each index's episode starts
         self.rtg = np.empty(n, np.float32)
-        self.game_id = np.empty(n, np.int64)
+        self.shard_game_id = np.array([s.game_id for s in self.shards], dtype=np.int64)
         self.invalid = np.zeros(n, bool)
         for shard, a in zip(self.shards, self.base[:-1]):
             b = a + shard.length
@@ -134,7 +139,6 @@ class ShardSet:
             self.terminal[a:b] = terminal
             self.episode_start[a:b] = a + _episode_starts(terminal)
             self.rtg[a:b] = _returns_to_go(self.reward[a:b], terminal)
-            self.game_id[a:b] = shard.game_id
             invalid = invalid[(invalid >= 0) & (invalid < shard.length)]
             self.invalid[a + invalid] = True
 
@@ -144,16 +148,20 @@ class ShardSet:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_maps"] = None  # memory maps are reopened in each worker process
+        state["_buffers"] = _BufferPool()
         return state
 
     @property
-    def maps(self) -> list[np.memmap]:
+    def maps(self) -> list[np.ndarray]:
+        """Each shard's observations, memory-mapped once per process."""
         if self._maps is None:
-            self._maps = [
-                np.memmap(s.path, dtype=np.uint8, mode="r", offset=off, shape=(s.length, *FRAME_SHAPE))
-                for s, off in zip(self.shards, self._offsets)
-            ]
+            self._maps = [self._open_observations(s, off) for s, off in zip(self.shards, self._offsets)]
         return self._maps
+
+    def _open_observations(self, shard: Shard, offset: int) -> np.ndarray:
+        shape = (shard.length, *FRAME_SHAPE)
+        # a plain ndarray view: slicing a np.memmap object costs more than the copy it makes
+        return np.memmap(shard.path, dtype=np.uint8, mode="r", offset=offset, shape=shape).view(np.ndarray)
 
     @cached_property
     def games(self) -> list[str]:
@@ -178,6 +186,7 @@ class ShardSet:
                 invalid_inside = inv_cum[g + t_step + n_step] - inv_cum[lo]  # [i-F+1, i+T-1+n]
                 parts.append(g[(ends_inside == 0) & (invalid_inside == 0)])
             valid = np.concatenate(parts) if parts else np.empty(0, np.int64)
+            valid = valid.astype(self.episode_start.dtype)  # int32 where it fits: 4 bytes a transition
             if len(valid) == 0:
                 raise DataError(
                     f"{self.root}: no valid start for frames={frames} t_step={t_step} n_step={n_step} "
@@ -251,19 +260,21 @@ class ShardSet:
         """Read the drawn transitions into a batch (see `sample`)."""
         steps = d.start[:, None] + np.arange(t_step)  # (B, T) global index j of every step
         shard = np.searchsorted(self.base, d.start, side="right") - 1
+        ends = [steps, steps + d.offset[:, None]] + [steps + o for o in extra_offsets]
+        stacks = self._stacks(shard, ends, frames)
         batch = {
-            "obs": self._stacks(shard, steps, frames),
-            "next_obs": self._stacks(shard, steps + d.offset[:, None], frames),
-            "action": self.action[steps],
+            "obs": stacks[0],
+            "next_obs": stacks[1],
+            "action": self.action[steps].astype(np.int64),
             "reward": self.reward[steps],
             "rtg": self.rtg[steps],
-            "game_id": self.game_id[steps],
+            "game_id": np.repeat(self.shard_game_id[shard][:, None], steps.shape[1], axis=1),
             "offset": d.offset.astype(np.int64),
             "index": np.stack([shard, d.start - self.base[shard]], axis=1).astype(np.int64),
         }
         batch["ret"], batch["done"] = self._n_step(steps, d.offset, gamma)
         if extra_offsets:
-            batch["extra_obs"] = np.stack([self._stacks(shard, steps + o, frames) for o in extra_offsets], 1)
+            batch["extra_obs"] = np.stack(stacks[2:], 1)
             batch["extra_done"] = np.stack(
                 [self._n_step(steps, np.full(len(d.start), o), gamma)[1] for o in extra_offsets], 1
             )
@@ -285,24 +296,58 @@ class ShardSet:
             done = self.terminal[steps].astype(np.float32)
         return ret, done
 
-    def _stacks(self, shard: np.ndarray, steps: np.ndarray, frames: int) -> np.ndarray:
-        """Frame stacks ending at global indices `steps` (B, T): (B, T, F, 84, 84), zero where a frame lies
-        before the shard's first index or in an earlier episode than the stack's last frame."""
-        b_size, t_size = steps.shape
-        out = np.empty((b_size, t_size, frames, *FRAME_SHAPE), np.uint8)
-        # first frame that belongs to the stack's episode, in stack coordinates 0..F-1
-        first_real = np.maximum(self.episode_start[steps] - (steps - frames + 1), 0)
-        local_end = steps - self.base[shard][:, None] + 1  # exclusive end of each stack, shard-local
+    def _stacks(self, shard: np.ndarray, ends: list[np.ndarray], frames: int) -> list[np.ndarray]:
+        """For each (B, T) array of global indices in `ends`, the frame stacks ending there: (B, T, F, 84, 84),
+        zero where a frame lies before the shard's first index or in an earlier episode than the stack's last
+        frame. One pass over the samples fills them all (the loop, not the copying, is the cost here)."""
+        b_size, t_size = ends[0].shape
+        outs = [self._buffers.empty((b_size, t_size, frames, *FRAME_SHAPE)) for _ in ends]
+        base = self.base[shard][:, None]
+        # per sample, set and step: (shard-local exclusive end, frames to zero-fill at the front), as Python
+        # ints: numpy scalars and memmap slicing cost more than the copies
+        plan = [
+            zip(
+                (e - base + 1).tolist(),
+                np.maximum(self.episode_start[e] - (e - frames + 1), 0).tolist(),
+            )
+            for e in ends
+        ]
         maps = self.maps
-        for b in range(b_size):
-            mm = maps[shard[b]]
-            for t in range(t_size):
-                z = first_real[b, t]
-                end = local_end[b, t]
-                if z:
-                    out[b, t, :z] = 0
-                out[b, t, z:] = mm[end - frames + z : end]
-        return out
+        for b, (k, *rows) in enumerate(zip(shard.tolist(), *plan)):
+            source = maps[k]
+            for out, (end_t, zero_t) in zip(outs, rows):
+                out_b = out[b]
+                for t in range(t_size):
+                    end, z = end_t[t], zero_t[t]
+                    if z:
+                        out_b[t, :z] = 0
+                    out_b[t, z:] = source[end - frames + z : end]
+        return outs
+
+
+class _BufferPool:
+    """Frame-stack buffers recycled once nothing outside the pool refers to them any more.
+
+    A batch that is still held (by a prefetch queue, or by the caller) keeps its buffer; a new 14 MB array
+    per batch would cost fresh, kernel-zeroed pages each time, as much as the copy into it.
+    """
+
+    _PER_SHAPE = 16
+
+    def __init__(self):
+        self._bufs: dict[tuple[int, ...], list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def empty(self, shape: tuple[int, ...]) -> np.ndarray:
+        with self._lock:
+            bufs = self._bufs.setdefault(shape, [])
+            for buf in bufs:
+                if sys.getrefcount(buf) == 3:  # the list, `buf` and getrefcount's argument: free
+                    return buf
+            buf = np.empty(shape, np.uint8)
+            if len(bufs) < self._PER_SHAPE:
+                bufs.append(buf)
+            return buf
 
 
 def _check_args(batch_size: int, frames: int, t_step: int, n_step: int) -> None:

@@ -1,16 +1,23 @@
-"""`ShardStream`: a torch IterableDataset of batches for DataLoader workers and DDP ranks.
+"""`ShardStream`: batches for training loops, DataLoader workers and DDP ranks.
 
 Step s of the stream is a global batch drawn with seed (seed, s); DDP rank r of W takes its disjoint
 slice [r*B/W, (r+1)*B/W) of that batch, and DataLoader worker w of N serves the steps s = w, w+N, ...
 (the DataLoader hands them back in step order). So the data of a run depends only on (seed, step): a
 resumed run continues with `start_step`, and a W-rank run sees exactly the batches of a 1-rank run with
 the same global batch size.
+
+`make_loader` prefetches with threads by default: a batch is mostly numpy copies, which release the GIL,
+and handing a 14 MB batch from a worker process to the trainer (through shared memory) costs more than
+building it (BENCHMARKS.md). DataLoader worker processes remain available (`processes=True`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -74,29 +81,64 @@ class ShardStream(IterableDataset):
             mine, frames=s.frames, t_step=s.t_step, gamma=s.gamma, extra_offsets=s.extra_offsets
         )
 
+    def steps(self, worker: int = 0, workers: int = 1) -> Iterator[int]:
+        """The steps this stream serves, start_step onwards; worker w of N takes every N-th."""
+        end = None if self.num_steps is None else self.start_step + self.num_steps
+        step = self.start_step + worker
+        while end is None or step < end:
+            yield step
+            step += workers
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        step = self.start_step + worker
-        end = None if self.num_steps is None else self.start_step + self.num_steps
-        while end is None or step < end:
+        for step in self.steps(worker, workers):
             yield self.batch_at(step)
-            step += workers
 
 
-def make_loader(stream: ShardStream, num_workers: int = 2, pin_memory: bool = False) -> DataLoader:
-    """Batches are built whole by the stream (batch_size=None); workers prefetch ahead of the trainer."""
+class PrefetchLoader:
+    """Builds the next `prefetch` batches of a stream in background threads; yields them in step order."""
+
+    def __init__(self, stream: ShardStream, threads: int = 2, prefetch: int = 4, pin_memory: bool = False):
+        self.stream = stream
+        self.threads = max(1, threads)
+        self.prefetch = max(1, prefetch)
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+
+    def _load(self, step: int) -> dict[str, torch.Tensor]:
+        batch = self.stream.batch_at(step)
+        if self.pin_memory:
+            batch = {k: v.pin_memory() for k, v in batch.items()}
+        return batch
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        steps = self.stream.steps()
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="shard-prefetch") as pool:
+            queue = deque(pool.submit(self._load, s) for s in islice(steps, self.prefetch))
+            try:
+                while queue:
+                    batch = queue.popleft().result()
+                    for s in islice(steps, 1):
+                        queue.append(pool.submit(self._load, s))
+                    yield batch
+            finally:
+                for fut in queue:
+                    fut.cancel()
+
+
+def make_loader(
+    stream: ShardStream, num_workers: int = 2, pin_memory: bool = False, processes: bool = False
+) -> Iterable[dict[str, torch.Tensor]]:
+    """An iterable of the stream's batches in step order, built ahead of the trainer by `num_workers`
+    threads (or DataLoader worker processes with `processes=True`; 0 builds them inline)."""
+    if not processes:
+        if num_workers == 0:
+            return stream
+        return PrefetchLoader(stream, threads=num_workers, prefetch=2 * num_workers, pin_memory=pin_memory)
     return DataLoader(
         stream,
-        batch_size=None,
+        batch_size=None,  # the stream builds whole batches
         num_workers=num_workers,
         pin_memory=pin_memory,
-        persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
     )
-
-
-def spec_fields(spec: SampleSpec) -> Sequence[str]:
-    """The batch fields a spec produces (for documentation and checks)."""
-    fields = ["obs", "next_obs", "action", "reward", "ret", "done", "rtg", "game_id", "offset", "index"]
-    return fields + (["extra_obs", "extra_done"] if spec.extra_offsets else [])

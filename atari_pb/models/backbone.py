@@ -1,0 +1,74 @@
+"""The shared backbone: a timm ResNet configured as Atari-PB's (GroupNorm, 4 input frames, no max-pool).
+
+84x84 input -> 7x7 stride-2 stem (42x42) -> four stages (42, 21, 11, 6) -> spatial features, no pooling:
+resnet50 gives 2048 x 6 x 6. Input is uint8 frame stacks, scaled to [0, 1] inside the module, so a user
+needs nothing from this package to feed it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import timm
+import torch
+from timm.layers import GroupNorm
+from torch import nn
+
+from atari_pb.errors import UsageError
+
+
+@dataclass(frozen=True)
+class BackbonePreset:
+    timm_name: str  # the timm entry point; the fields below override its defaults
+    layers: tuple[int, ...]
+    channels: tuple[int, ...]
+    stem_width: int
+
+
+PRESETS: dict[str, BackbonePreset] = {
+    # Atari-PB's benchmark backbone: bottleneck blocks 3-4-6-3
+    "resnet50": BackbonePreset("resnet50", (3, 4, 6, 3), (64, 128, 256, 512), 64),
+    "resnet18": BackbonePreset("resnet18", (2, 2, 2, 2), (64, 128, 256, 512), 64),
+    # a few tens of thousands of parameters: CPU tests and the demo
+    "tiny": BackbonePreset("resnet18", (1, 1, 1, 1), (8, 16, 32, 64), 8),
+}
+NORM_GROUPS = 4  # Atari-PB's GroupNorm
+
+
+class Backbone(nn.Module):
+    """uint8 (B, F, 84, 84) frame stacks -> float (B, C, 6, 6) features."""
+
+    def __init__(self, preset: str = "resnet50", in_frames: int = 4):
+        super().__init__()
+        if preset not in PRESETS:
+            raise UsageError(f"unknown backbone preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+        p = PRESETS[preset]
+        self.preset = preset
+        self.in_frames = in_frames
+        self.body = timm.create_model(
+            p.timm_name,
+            pretrained=False,
+            in_chans=in_frames,
+            num_classes=0,
+            global_pool="",
+            layers=p.layers,
+            channels=p.channels,
+            stem_width=p.stem_width,
+            norm_layer=partial(GroupNorm, num_groups=NORM_GROUPS),
+        )
+        self.body.maxpool = nn.Identity()  # keeps 84x84 inputs at 6x6 after the last stage
+        self.out_channels: int = self.body.num_features
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.float().div_(255.0) if obs.dtype == torch.uint8 else obs
+        return self.body.forward_features(x)
+
+    def out_shape(self, size: int = 84) -> tuple[int, int, int]:
+        """(C, H, W) of the features for size x size inputs."""
+        with torch.no_grad():
+            return tuple(self(torch.zeros(1, self.in_frames, size, size, dtype=torch.uint8)).shape[1:])
+
+
+def create_backbone(preset: str = "resnet50", in_frames: int = 4) -> Backbone:
+    return Backbone(preset, in_frames)

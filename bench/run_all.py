@@ -1,0 +1,239 @@
+"""Run every benchmark and rewrite BENCHMARKS.md from their results.
+
+    .venv/bin/python -m bench.run_all            # the full suite (what BENCHMARKS.md quotes)
+    .venv/bin/python -m bench.run_all --quick    # a fast smoke run (writes BENCHMARKS.md too, marked quick)
+    .venv/bin/python -m bench.run_all --render   # rewrite BENCHMARKS.md from bench/out/*.json, run nothing
+
+Each benchmark runs in its own process (`python -m bench.<name>`) and leaves bench/out/<name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import OUT, fmt, log, machine_info, render_markdown
+
+BENCHES = ("ingest", "sampler", "memory")
+REPO = Path(__file__).resolve().parent.parent
+DOC = REPO / "BENCHMARKS.md"
+
+TITLES = {
+    "ingest": "Ingest: a checkpoint prefix vs decompressing the whole file",
+    "sampler": "Sampler throughput",
+    "memory": "Peak memory",
+}
+
+
+def run(names: list[str], quick: bool) -> dict[str, float]:
+    seconds = {}
+    for name in names:
+        cmd = [sys.executable, "-m", f"bench.{name}"] + (["--quick"] if quick else [])
+        log(f"running {' '.join(cmd[1:])}")
+        t0 = time.perf_counter()
+        subprocess.run(cmd, cwd=REPO, check=True)
+        seconds[name] = time.perf_counter() - t0
+    return seconds
+
+
+def _goal_lines(res: dict) -> list[str]:
+    return [
+        f"- Goal: {g['what']} {g['goal']}. Measured **{fmt(g['value'])}x**: "
+        + ("met." if g["met"] else "**not met**.")
+        for g in res.get("goals", [])
+    ]
+
+
+def ingest_notes(res: dict) -> list[str]:
+    v = res["values"]
+    lines = _goal_lines(res)
+    lines.append(
+        f"- Why it is faster: ours decompresses {v['prefix']:,} of {v['frames']:,} frames "
+        f"({v['prefix'] / v['frames']:.1%} of the stream) and never holds more than a 2,048-frame block of them (plus the small scalar files, read whole); the baseline "
+        "decompresses and materialises the whole array first. The ratio therefore scales with file length / prefix; "
+        "with the 100k-frame file of `--quick` it is about 10x smaller than with the 1M-frame file."
+    )
+    lines.append(
+        f"- Per-core efficiency of our prefix read is {v['efficiency_vs_prefix_zlib']:.2f} of raw zlib on the same "
+        f"bytes ({v['efficiency_vs_whole_file_zlib']:.2f} of the whole-file zlib rate): decompression dominates and the "
+        "remaining gap is Python-level buffer handling (zlib output is produced as new bytes objects and copied into "
+        "the numpy block)."
+    )
+    sp = v["ingest_speedup"]
+    w = [k for k in v["ingest_wall_s_by_workers"] if k != "1"]
+    cores = res["machine"]["cores"]
+    lines.append(
+        f"- Parallel ingest with {w[0] if w else 2} workers gave {sp:.2f}x the throughput of 1 worker on {cores} cores"
+        + (
+            ": short of linear because starting the spawned worker processes is a fixed cost that is a large share "
+            "of a run this short, and the parent process (manifest writes) and the disk (fsync) are shared."
+            if sp < 0.9 * min(cores, int(w[0]) if w else 2)
+            else "."
+        )
+    )
+    ratio = v["compressed_bytes"] and (v["frames"] * 84 * 84) / v["compressed_bytes"]
+    lines.append(
+        f"- The source compresses {ratio:.0f}:1 (random-policy frames). zlib's output rate depends on that ratio, so "
+        "absolute MB/s on published DQN-Replay files will differ; the prefix-vs-whole ratio depends mainly on "
+        "file length / prefix length."
+    )
+    return lines
+
+
+def sampler_notes(res: dict) -> list[str]:
+    v = res["values"]
+    lines = _goal_lines(res)
+    lw = v["loader_samples_per_s"]
+    w = max(lw, key=int)
+    lines.append(
+        f"- In-process, ours reaches {v['fraction_of_memcpy_bound']:.0%} of the L3-resident memcpy bound. Profiling "
+        "outside this suite puts the gap in `ShardSet._stacks`: a Python loop of 512 slice copies per batch out of "
+        "`np.memmap` objects (whose per-slice subclass overhead is about a fifth of the batch time), and fresh output "
+        "arrays page-faulted in for every batch (about a third)."
+    )
+    if float(lw[w]) < v["ours_samples_per_s"]:
+        lines.append(
+            f"- Through DataLoader workers ours is slower ({fmt(float(lw[w]))} samples/s with {w} workers) than in the "
+            f"trainer process itself ({fmt(v['ours_samples_per_s'])}): every {v['ours_batch_bytes'] / 2**20:.0f} MiB batch "
+            f"is copied into shared memory by the worker (measured: {v['share_ms']:.1f} ms per batch for "
+            "`share_memory_()` alone) and mapped by the trainer, and on 2 cores the workers and the trainer compete."
+        )
+    bw = v["baseline_samples_per_s"]
+    if float(bw[w]) > 1.1 * float(bw["0"]):
+        lines.append(
+            f"- Workers do help the baseline ({fmt(float(bw['0']))} -> {fmt(float(bw[w]))} samples/s), whose per-item "
+            "h5py calls dominate its batch time, so the ratio at equal worker counts is lower with workers."
+        )
+    else:
+        lines.append(
+            f"- Workers do not help the baseline either here ({fmt(float(bw['0']))} samples/s with 0 workers, "
+            f"{fmt(float(bw[w]))} with {w}): its collate also writes each batch into fresh shared memory."
+        )
+    return lines
+
+
+def memory_notes(res: dict) -> list[str]:
+    v = res["values"]
+    lines = [
+        f"- Ingest: the whole-file baseline peaks at {fmt(v['ratio_baseline_over_ours_peak_rss'])}x our 10k-prefix "
+        "ingest; ours is bounded by its 2,048-frame block plus the scalar arrays, independent of the file's length, and "
+        "the 100k prefix costs about the same as the 10k one."
+    ]
+    s = v["sampler"]
+    if v["mode"] == "cgroup":
+        lines.append("- Sampler: ran inside a cgroup v2 with memory.max (see setup) over a larger shard set.")
+    else:
+        small, large = s["small_confined"], s["large_confined"]
+        grow = large["status"]["RssAnon"] - small["status"]["RssAnon"]
+        more = large["transitions"] - small["transitions"]
+        lines.append(
+            "- Sampler: **no cgroup v2 memory limit was available here** (see setup), so what is measured is (1) that "
+            f"the sampler runs over a shard set {v['large_set_bytes'] / v['limit_bytes']:.1f}x larger than a "
+            f"{v['limit_bytes'] / 2**20:,.0f} MiB cap on its private writable memory (RLIMIT_DATA), at "
+            f"{fmt(large['samples_per_s'])} samples/s vs {fmt(s['large_free']['samples_per_s'])} without the cap "
+            "(medians of the child runs; this machine's timings vary by tens of percent from run to run), while "
+            "loading the same observations whole fails under that cap; and (2) that its anonymous RSS is "
+            f"{small['status']['RssAnon'] / 2**20:,.0f} MiB for the small set and {large['status']['RssAnon'] / 2**20:,.0f} MiB "
+            f"for the large one: {grow / 2**20:.0f} MiB more for {more:,} more transitions "
+            f"({grow / max(more, 1):.0f} bytes each: the per-transition arrays ShardSet keeps in memory and the "
+            "temporaries that build them), "
+            "while file-backed RSS grows with the observation pages touched. Throughput over the large set is "
+            f"{large['samples_per_s'] / small['samples_per_s']:.2f}x that over the small one. How the sampler behaves when "
+            "the page cache itself is squeezed was not measured."
+        )
+    return lines
+
+
+NOTES = {"ingest": ingest_notes, "sampler": sampler_notes, "memory": memory_notes}
+
+
+def render(seconds: dict[str, float] | None = None) -> str:
+    results = {}
+    for name in BENCHES:
+        path = OUT / f"{name}.json"
+        if path.is_file():
+            results[name] = json.loads(path.read_text())
+    if not results:
+        raise SystemExit("no results in bench/out/; run the benchmarks first")
+    m = next(iter(results.values()))["machine"] if results else machine_info()
+    quick = any(r.get("quick") for r in results.values())
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `bench/run_all.py` from `bench/out/*.json`; do not edit by hand. Ratios against a baseline "
+        "measured in the same run are what we quote; absolute times are context for this machine only.",
+        "",
+    ]
+    if quick:
+        lines += ["> **These are `--quick` smoke-run numbers** (100k-frame source, few repeats), not the full suite.", ""]
+    lines += [
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu']}, {m['cores']} cores; RAM {m['ram_gib']} GiB; {m['os']}",
+        f"- Python {m['python']}, numpy {m['numpy']}, h5py {m['h5py']} (HDF5 {m['hdf5']}), torch {m['torch']}, zlib {m['zlib']}",
+        f"- Date: {m['date']}",
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        "make bench                       # = .venv/bin/python -m bench.run_all",
+        ".venv/bin/python -m bench.run_all [--quick]",
+        ".venv/bin/python -m bench.ingest | bench.sampler | bench.memory  [--quick] [--help for options]",
+        "```",
+        "",
+        "The first run collects 100,000 real frames with ale-py (about 40 s) and writes the 1M-frame source file "
+        "(a few minutes); both are cached in `bench/out/` (git-ignored) and reused. Every timing is taken with its "
+        "input in the page cache.",
+        "",
+        "## Summary",
+        "",
+        "| benchmark | ratio quoted | value | goal | met |",
+        "|---|---|---:|---:|---|",
+    ]
+    for name, res in results.items():
+        for g in res.get("goals", []):
+            lines.append(f"| {name} | {g['what']} | {fmt(g['value'])}x | {g['goal']} | {'yes' if g['met'] else 'no'} |")
+    if "ingest" in results:
+        v = results["ingest"]["values"]
+        lines.append(
+            f"| ingest | per-core efficiency: our prefix read / raw zlib on the same bytes | {fmt(v['efficiency_vs_prefix_zlib'])} | - | - |"
+        )
+    if "sampler" in results:
+        v = results["sampler"]["values"]
+        lines.append(f"| sampler | ours in-process / memcpy bound (L3-resident) | {fmt(v['fraction_of_memcpy_bound'])} | - | - |")
+    if "memory" in results:
+        v = results["memory"]["values"]
+        lines.append(
+            f"| memory | baseline / ours peak RSS, ingest of a 10k prefix | {fmt(v['ratio_baseline_over_ours_peak_rss'])}x | - | - |"
+        )
+    lines.append("")
+    for name, res in results.items():
+        took = (seconds or {}).get(name, res.get("seconds"))
+        lines += [f"## {TITLES[name]}", "", f"`.venv/bin/python -m bench.{name}` — took {took:.0f} s in this run.", ""]
+        lines += [f"- {s}" for s in res.get("setup", [])]
+        lines.append("")
+        for tbl in res["tables"]:
+            lines += [render_markdown(tbl), ""]
+        lines += ["**Notes**", ""] + NOTES[name](res) + [f"- {n}" for n in res.get("notes", [])] + [""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="pass --quick to every benchmark")
+    p.add_argument("--only", nargs="+", choices=BENCHES, help="run only these (the others' last results are kept)")
+    p.add_argument("--render", action="store_true", help="only rewrite BENCHMARKS.md from bench/out/*.json")
+    args = p.parse_args(argv)
+    seconds = None
+    if not args.render:
+        seconds = run(list(args.only or BENCHES), args.quick)
+    DOC.write_text(render(seconds))
+    log(f"wrote {DOC}" + (f" (benchmarks took {sum(seconds.values()):.0f} s)" if seconds else ""))
+
+
+if __name__ == "__main__":
+    main()
