@@ -138,7 +138,10 @@ def render_text(tbl: dict) -> str:
     widths = [max(len(str(r[i])) for r in cells) for i in range(len(tbl["headers"]))]
     lines = [tbl["title"]]
     for k, r in enumerate(cells):
-        lines.append("  " + "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        lines.append(
+            "  "
+            + "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        )
         if k == 0:
             lines.append("  " + "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -161,7 +164,9 @@ def finish(name: str, result: dict) -> dict:
         print()
         print(render_text(tbl))
     for goal in result.get("goals", []):
-        print(f"goal: {goal['what']} {goal['goal']}: measured {fmt(goal['value'])} -> {'met' if goal['met'] else 'NOT met'}")
+        print(
+            f"goal: {goal['what']} {goal['goal']}: measured {fmt(goal['value'])} -> {'met' if goal['met'] else 'NOT met'}"
+        )
     path = OUT / f"{name}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nwrote {path.relative_to(OUT.parent.parent)} ({result['seconds']:.0f} s)")
@@ -183,7 +188,13 @@ def collected_root() -> Path:
 
     root = OUT / "collected"
     marker = OUT / "collected.json"
-    spec = {"games": list(GAMES), "runs": list(RUNS), "ckpts": list(CKPTS), "transitions_per_ckpt": PER_CKPT, "seed": 0}
+    spec = {
+        "games": list(GAMES),
+        "runs": list(RUNS),
+        "ckpts": list(CKPTS),
+        "transitions_per_ckpt": PER_CKPT,
+        "seed": 0,
+    }
     if _cached(marker, spec):
         return root
     shutil.rmtree(root, ignore_errors=True)
@@ -242,11 +253,15 @@ def big_source(frames: int, compresslevel: int = DOPAMINE_LEVEL) -> tuple[Path, 
     shutil.rmtree(root, ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     pool = _real_pool()
-    log(f"writing a {frames:,}-frame observation file from {REAL_FRAMES:,} real frames (gzip level {compresslevel}; once; cached)")
+    log(
+        f"writing a {frames:,}-frame observation file from {REAL_FRAMES:,} real frames (gzip level {compresslevel}; once; cached)"
+    )
     t0 = time.perf_counter()
     for field, (dtype, item_shape) in STORE_FIELDS.items():
         src = pool[field]
-        writer = GzipNpyWriter(replay_file(root, game.replay_name, 1, field, 0), dtype, (frames, *item_shape), compresslevel)
+        writer = GzipNpyWriter(
+            replay_file(root, game.replay_name, 1, field, 0), dtype, (frames, *item_shape), compresslevel
+        )
         try:
             done = 0
             while done < frames:
@@ -260,8 +275,12 @@ def big_source(frames: int, compresslevel: int = DOPAMINE_LEVEL) -> tuple[Path, 
         except BaseException:
             writer.abort()
             raise
-    write_gz_npy(replay_file(root, game.replay_name, 1, "invalid_range", 0), invalid_range(0, frames), compresslevel)
-    write_gz_npy(replay_file(root, game.replay_name, 1, "add_count", 0), np.array(frames, np.int64), compresslevel)
+    write_gz_npy(
+        replay_file(root, game.replay_name, 1, "invalid_range", 0), invalid_range(0, frames), compresslevel
+    )
+    write_gz_npy(
+        replay_file(root, game.replay_name, 1, "add_count", 0), np.array(frames, np.int64), compresslevel
+    )
     seconds = time.perf_counter() - t0
     info = {
         **spec,

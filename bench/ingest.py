@@ -44,7 +44,9 @@ from bench.common import (
 NPY_HEADER = 128  # bytes of .npy header before the frames (version 1.0, padded to 64)
 
 
-RAW_CHUNK = 1 << 14  # compressed bytes per zlib call in the raw pass: the fastest size here (output stays in cache)
+RAW_CHUNK = (
+    1 << 14
+)  # compressed bytes per zlib call in the raw pass: the fastest size here (output stays in cache)
 
 
 def raw_zlib(path: Path, stop_after: int | None = None, chunk: int = RAW_CHUNK) -> tuple[int, float]:
@@ -75,9 +77,15 @@ def baseline_full_load(path: Path, prefix: int) -> np.ndarray:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="100k-frame source file, fewer repeats")
-    p.add_argument("--frames", type=int, help="frames in the source file (default 1,000,000; --quick 100,000)")
-    p.add_argument("--prefix", type=int, default=10_000, help="transitions ingested per shard (Atari-PB: 10,000)")
-    p.add_argument("--repeats", type=int, help="timed repeats of the fast measurements (default 7; --quick 3)")
+    p.add_argument(
+        "--frames", type=int, help="frames in the source file (default 1,000,000; --quick 100,000)"
+    )
+    p.add_argument(
+        "--prefix", type=int, default=10_000, help="transitions ingested per shard (Atari-PB: 10,000)"
+    )
+    p.add_argument(
+        "--repeats", type=int, help="timed repeats of the fast measurements (default 7; --quick 3)"
+    )
     p.add_argument("--raw-repeats", type=int, help="whole-file zlib passes (default 3; --quick 2)")
     p.add_argument("--baseline-repeats", type=int, help="whole-file np.load passes (default 2; --quick 1)")
     p.add_argument("--shards", type=int, help="shards in the multi-worker ingest (default 12; --quick 4)")
@@ -139,7 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     def scalars() -> None:
         for field in SCALAR_FIELDS:
-            read_store_prefix(replay_file(src, game.replay_name, 1, field, 0), field, prefix, check_trailer=True)
+            read_store_prefix(
+                replay_file(src, game.replay_name, 1, field, 0), field, prefix, check_trailer=True
+            )
 
     t_scalars = med(repeat(scalars, repeats))
     block = np.empty((min(prefix, _OBS_BLOCK), 84, 84), np.uint8)
@@ -182,7 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
         for _ in range(2):
             dst = work / f"w{workers}"
             shutil.rmtree(dst, ignore_errors=True)
-            dt, report = timed(lambda dst=dst, workers=workers: ingest(src, dst, [game], [1], ckpts, prefix, workers=workers))
+            dt, report = timed(
+                lambda dst=dst, workers=workers: ingest(src, dst, [game], [1], ckpts, prefix, workers=workers)
+            )
             assert not report.errors and len(report.built) == n_shards, report
             times.append(dt)
         par[workers] = med(times)
@@ -199,21 +211,65 @@ def main(argv: list[str] | None = None) -> dict:
         "quick": q,
         "machine": machine_info(),
         "setup": [
-            "Source: " + describe_source(info) + f"; built once in {info['seconds']:.0f} s and cached in bench/out/.",
+            "Source: "
+            + describe_source(info)
+            + f"; built once in {info['seconds']:.0f} s and cached in bench/out/.",
             f"Selection: the first {prefix:,} transitions (Atari-PB's samples_per_checkpoint). All files in the page "
             "cache; times are medians of the repeats.",
         ],
         "tables": [
             table(
                 "Prefix ingest vs whole-file load (one core)",
-                ["measurement", "repeats", "wall s (median)", "frames decompressed", "decompressed MB/s", "selected frames/s"],
+                [
+                    "measurement",
+                    "repeats",
+                    "wall s (median)",
+                    "frames decompressed",
+                    "decompressed MB/s",
+                    "selected frames/s",
+                ],
                 [
                     ["(a) raw zlib, whole file", raw_repeats, med(raw_times), frames, raw_rate / 1e6, "-"],
-                    ["(a') raw zlib, prefix bytes only", repeats, med(raw_prefix_times), prefix, raw_prefix_rate / 1e6, "-"],
-                    ["(b) ours: build_shard (read+HDF5+SHA-256+fsync)", repeats, t_shard, prefix, prefix_bytes / t_shard / 1e6, prefix / t_shard],
-                    ["(b') ours: build_shard's read loop only", repeats, med(read_times), prefix, ours_read_rate / 1e6, prefix / med(read_times)],
-                    ["(b'') ours: read_store_prefix (one call)", repeats, med(oneshot_times), prefix, prefix_bytes / med(oneshot_times) / 1e6, prefix / med(oneshot_times)],
-                    ["(c) baseline: np.load(GzipFile)[:prefix].copy()", base_repeats, t_base, frames, full_bytes / t_base / 1e6, prefix / t_base],
+                    [
+                        "(a') raw zlib, prefix bytes only",
+                        repeats,
+                        med(raw_prefix_times),
+                        prefix,
+                        raw_prefix_rate / 1e6,
+                        "-",
+                    ],
+                    [
+                        "(b) ours: build_shard (read+HDF5+SHA-256+fsync)",
+                        repeats,
+                        t_shard,
+                        prefix,
+                        prefix_bytes / t_shard / 1e6,
+                        prefix / t_shard,
+                    ],
+                    [
+                        "(b') ours: build_shard's read loop only",
+                        repeats,
+                        med(read_times),
+                        prefix,
+                        ours_read_rate / 1e6,
+                        prefix / med(read_times),
+                    ],
+                    [
+                        "(b'') ours: read_store_prefix (one call)",
+                        repeats,
+                        med(oneshot_times),
+                        prefix,
+                        prefix_bytes / med(oneshot_times) / 1e6,
+                        prefix / med(oneshot_times),
+                    ],
+                    [
+                        "(c) baseline: np.load(GzipFile)[:prefix].copy()",
+                        base_repeats,
+                        t_base,
+                        frames,
+                        full_bytes / t_base / 1e6,
+                        prefix / t_base,
+                    ],
                 ],
             ),
             table(
@@ -223,7 +279,11 @@ def main(argv: list[str] | None = None) -> dict:
                     ["observation prefix read (b')", med(read_times), med(read_times) / t_shard],
                     ["action/reward/terminal read whole, CRC-checked", t_scalars, t_scalars / t_shard],
                     ["SHA-256 of the finished shard", t_hash, t_hash / t_shard],
-                    ["rest: HDF5 writes, fsync, rename", t_shard - med(read_times) - t_scalars - t_hash, (t_shard - med(read_times) - t_scalars - t_hash) / t_shard],
+                    [
+                        "rest: HDF5 writes, fsync, rename",
+                        t_shard - med(read_times) - t_scalars - t_hash,
+                        (t_shard - med(read_times) - t_scalars - t_hash) / t_shard,
+                    ],
                 ],
             ),
             table(
@@ -244,7 +304,9 @@ def main(argv: list[str] | None = None) -> dict:
                 par_rows,
             ),
         ],
-        "goals": [{"what": "baseline/ours ingest wall time", "goal": ">= 20x", "value": ratio, "met": ratio >= 20}],
+        "goals": [
+            {"what": "baseline/ours ingest wall time", "goal": ">= 20x", "value": ratio, "met": ratio >= 20}
+        ],
         "values": {
             "frames": frames,
             "prefix": prefix,

@@ -60,7 +60,9 @@ def child(task: str, args: dict) -> dict:
         from atari_pb.games import get_game
 
         t0 = time.perf_counter()
-        report = ingest(Path(args["src"]), Path(args["dst"]), [get_game(BIG_GAME)], [1], [0], args["samples"], workers=1)
+        report = ingest(
+            Path(args["src"]), Path(args["dst"]), [get_game(BIG_GAME)], [1], [0], args["samples"], workers=1
+        )
         out["seconds"] = time.perf_counter() - t0
         out["errors"] = report.errors
     elif task == "full_load":
@@ -86,7 +88,9 @@ def child(task: str, args: dict) -> dict:
         for i in range(args["batches"]):
             batch = ss.sample(BATCH, FRAMES, T_STEP, N_STEP, seed=i)
         out["seconds"] = time.perf_counter() - t0
-        out["minor_faults_per_batch"] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - flt0) / args["batches"]
+        out["minor_faults_per_batch"] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - flt0) / args[
+            "batches"
+        ]
         out["samples_per_s"] = args["batches"] * BATCH / out["seconds"]
         out["transitions"] = len(ss)
         del batch
@@ -126,7 +130,9 @@ def run_child(task: str, args: dict, rlimit_data: int | None = None, cgroup: Pat
 
     cmd = [sys.executable, "-m", "bench.memory", "--child", task, json.dumps(args)]
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, preexec_fn=pre, cwd=Path(__file__).parent.parent)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=err, preexec_fn=pre, cwd=Path(__file__).parent.parent
+        )
         stdout = proc.stdout.read()
         proc.stdout.close()
         _pid, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not the sum of all children
@@ -134,7 +140,12 @@ def run_child(task: str, args: dict, rlimit_data: int | None = None, cgroup: Pat
         err.seek(0)
         stderr = err.read()
     if proc.returncode != 0:
-        return {"task": task, "failed": True, "returncode": proc.returncode, "stderr": stderr.decode()[-2000:]}
+        return {
+            "task": task,
+            "failed": True,
+            "returncode": proc.returncode,
+            "stderr": stderr.decode()[-2000:],
+        }
     res = json.loads(stdout.decode().strip().splitlines()[-1])
     res["ru_maxrss"] = usage.ru_maxrss * 1024
     return res
@@ -214,11 +225,21 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="100k-frame source, smaller shard sets")
     p.add_argument("--child", nargs=2, metavar=("TASK", "JSON"), help=argparse.SUPPRESS)
-    p.add_argument("--frames", type=int, help="frames of the source file (default 1,000,000; --quick 100,000)")
+    p.add_argument(
+        "--frames", type=int, help="frames of the source file (default 1,000,000; --quick 100,000)"
+    )
     p.add_argument("--limit-mib", type=int, default=1024, help="memory limit of the confined sampler (MiB)")
     p.add_argument("--batches", type=int, help="batches per sampler child (default 400; --quick 50)")
-    p.add_argument("--repeats", type=int, help="sampler child runs per setting; the median run is shown (default 3; --quick 1)")
-    p.add_argument("--shard-samples", type=int, help="transitions per shard of the sampler sets (default 100,000; --quick 50,000)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        help="sampler child runs per setting; the median run is shown (default 3; --quick 1)",
+    )
+    p.add_argument(
+        "--shard-samples",
+        type=int,
+        help="transitions per shard of the sampler sets (default 100,000; --quick 50,000)",
+    )
     p.add_argument("--shard-count", type=int, help="shards in the large sampler set (default 6; --quick 4)")
     args = p.parse_args(argv)
     if args.child:
@@ -244,21 +265,41 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- ingest peak RSS
     log("ingest peak RSS: idle interpreter, prefix ingests, whole-file load (each in a child)")
     idle = run_child("idle", {})
-    ingest_rows = [["interpreter + imports (no work)", "-", idle["ru_maxrss"] / MIB, idle["status"]["VmHWM"] / MIB, "-"]]
+    ingest_rows = [
+        ["interpreter + imports (no work)", "-", idle["ru_maxrss"] / MIB, idle["status"]["VmHWM"] / MIB, "-"]
+    ]
     ingest_res = {}
     for samples in sorted({10_000, min(100_000, frames)}):
         r = run_child("ingest", {"src": str(src), "dst": str(work / f"ingest_{samples}"), "samples": samples})
         if r.get("failed") or r.get("errors"):
             raise RuntimeError(f"ingest child failed: {r}")
         ingest_res[samples] = r
-        ingest_rows.append([f"ours: ingest() of a {samples:,} prefix", samples, r["ru_maxrss"] / MIB, r["status"]["VmHWM"] / MIB, r["seconds"]])
+        ingest_rows.append(
+            [
+                f"ours: ingest() of a {samples:,} prefix",
+                samples,
+                r["ru_maxrss"] / MIB,
+                r["status"]["VmHWM"] / MIB,
+                r["seconds"],
+            ]
+        )
         shutil.rmtree(work / f"ingest_{samples}", ignore_errors=True)
     base = run_child("full_load", {"path": str(obs_path), "samples": 10_000})
     if base.get("failed"):
         raise RuntimeError(f"baseline child failed: {base}")
-    ingest_rows.append(["baseline: np.load(GzipFile) whole, [:10000].copy()", 10_000, base["ru_maxrss"] / MIB, base["status"]["VmHWM"] / MIB, base["seconds"]])
+    ingest_rows.append(
+        [
+            "baseline: np.load(GzipFile) whole, [:10000].copy()",
+            10_000,
+            base["ru_maxrss"] / MIB,
+            base["status"]["VmHWM"] / MIB,
+            base["seconds"],
+        ]
+    )
     ingest_ratio = base["ru_maxrss"] / ingest_res[10_000]["ru_maxrss"]
-    ingest_ratio_net = (base["ru_maxrss"] - idle["ru_maxrss"]) / max(ingest_res[10_000]["ru_maxrss"] - idle["ru_maxrss"], 1)
+    ingest_ratio_net = (base["ru_maxrss"] - idle["ru_maxrss"]) / max(
+        ingest_res[10_000]["ru_maxrss"] - idle["ru_maxrss"], 1
+    )
 
     # ---- sampler over shard sets small and large
     small, large = mem_shards(src, shard_samples, shard_count)
@@ -286,7 +327,9 @@ def main(argv: list[str] | None = None) -> dict:
                         raise RuntimeError(f"sampler child failed: {r}")
                     runs[confined].append(r)
             for confined in (False, True):
-                r = sorted(runs[confined], key=lambda x: x["samples_per_s"])[len(runs[confined]) // 2]  # median run
+                r = sorted(runs[confined], key=lambda x: x["samples_per_s"])[
+                    len(runs[confined]) // 2
+                ]  # median run
                 r["samples_per_s_all"] = [x["samples_per_s"] for x in runs[confined]]
                 samp_res[(label, confined)] = r
                 st, st0 = r["status"], r["after_setup"]
@@ -314,7 +357,10 @@ def main(argv: list[str] | None = None) -> dict:
     large_size = dir_bytes(large)
     anon_small = samp_res[("small", True)]["status"]["RssAnon"]
     anon_large = samp_res[("large", True)]["status"]["RssAnon"]
-    whole_outcome = whole.get("outcome") or f"child failed (exit {whole.get('returncode')}): {whole.get('stderr', '')[-300:]}"
+    whole_outcome = (
+        whole.get("outcome")
+        or f"child failed (exit {whole.get('returncode')}): {whole.get('stderr', '')[-300:]}"
+    )
     confinement = (
         f"a cgroup v2 with memory.max = {args.limit_mib} MiB ({cg_reason})"
         if cg is not None
@@ -369,9 +415,18 @@ def main(argv: list[str] | None = None) -> dict:
                 [
                     ["baseline peak RSS / ours (10k prefix)", ingest_ratio],
                     ["same, above the idle interpreter", ingest_ratio_net],
-                    ["ours 100k / ours 10k peak RSS", ingest_res[max(ingest_res)]["ru_maxrss"] / ingest_res[10_000]["ru_maxrss"]],
-                    [f"sampler RssAnon large / small ({gib(large_size):.1f} vs {gib(dir_bytes(small)):.2f} GiB), confined", anon_large / anon_small],
-                    [f"large set / limit ({gib(large_size):.1f} GiB / {args.limit_mib} MiB)", large_size / limit],
+                    [
+                        "ours 100k / ours 10k peak RSS",
+                        ingest_res[max(ingest_res)]["ru_maxrss"] / ingest_res[10_000]["ru_maxrss"],
+                    ],
+                    [
+                        f"sampler RssAnon large / small ({gib(large_size):.1f} vs {gib(dir_bytes(small)):.2f} GiB), confined",
+                        anon_large / anon_small,
+                    ],
+                    [
+                        f"large set / limit ({gib(large_size):.1f} GiB / {args.limit_mib} MiB)",
+                        large_size / limit,
+                    ],
                     ["load-whole of the large set's observations under the same limit", whole_outcome],
                 ],
             ),

@@ -173,7 +173,10 @@ def render(seconds: dict[str, float] | None = None) -> str:
         "",
     ]
     if quick:
-        lines += ["> **These are `--quick` smoke-run numbers** (100k-frame source, few repeats), not the full suite.", ""]
+        lines += [
+            "> **These are `--quick` smoke-run numbers** (100k-frame source, few repeats), not the full suite.",
+            "",
+        ]
     lines += [
         "## Machine",
         "",
@@ -200,7 +203,9 @@ def render(seconds: dict[str, float] | None = None) -> str:
     ]
     for name, res in results.items():
         for g in res.get("goals", []):
-            lines.append(f"| {name} | {g['what']} | {fmt(g['value'])}x | {g['goal']} | {'yes' if g['met'] else 'no'} |")
+            lines.append(
+                f"| {name} | {g['what']} | {fmt(g['value'])}x | {g['goal']} | {'yes' if g['met'] else 'no'} |"
+            )
     if "ingest" in results:
         v = results["ingest"]["values"]
         lines.append(
@@ -208,7 +213,9 @@ def render(seconds: dict[str, float] | None = None) -> str:
         )
     if "sampler" in results:
         v = results["sampler"]["values"]
-        lines.append(f"| sampler | ours in-process / memcpy bound (L3-resident) | {fmt(v['fraction_of_memcpy_bound'])} | - | - |")
+        lines.append(
+            f"| sampler | ours in-process / memcpy bound (L3-resident) | {fmt(v['fraction_of_memcpy_bound'])} | - | - |"
+        )
     if "memory" in results:
         v = results["memory"]["values"]
         lines.append(
@@ -217,7 +224,12 @@ def render(seconds: dict[str, float] | None = None) -> str:
     lines.append("")
     for name, res in results.items():
         took = (seconds or {}).get(name, res.get("seconds"))
-        lines += [f"## {TITLES[name]}", "", f"`.venv/bin/python -m bench.{name}` — took {took:.0f} s in this run.", ""]
+        lines += [
+            f"## {TITLES[name]}",
+            "",
+            f"`.venv/bin/python -m bench.{name}` — took {took:.0f} s in this run.",
+            "",
+        ]
         lines += [f"- {s}" for s in res.get("setup", [])]
         lines.append("")
         for tbl in res["tables"]:
@@ -229,7 +241,9 @@ def render(seconds: dict[str, float] | None = None) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="pass --quick to every benchmark")
-    p.add_argument("--only", nargs="+", choices=BENCHES, help="run only these (the others' last results are kept)")
+    p.add_argument(
+        "--only", nargs="+", choices=BENCHES, help="run only these (the others' last results are kept)"
+    )
     p.add_argument("--render", action="store_true", help="only rewrite BENCHMARKS.md from bench/out/*.json")
     args = p.parse_args(argv)
     seconds = None

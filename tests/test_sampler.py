@@ -217,7 +217,9 @@ def test_loader_threads_and_processes_keep_step_order_and_resume(shards):
     spec = SampleSpec(n_step=1)
     plain = [b["index"] for b in ShardStream(shards, 8, spec, seed=1, num_steps=6)]
     for processes in (False, True):
-        loader = make_loader(ShardStream(shards, 8, spec, seed=1, num_steps=6), num_workers=2, processes=processes)
+        loader = make_loader(
+            ShardStream(shards, 8, spec, seed=1, num_steps=6), num_workers=2, processes=processes
+        )
         with_workers = [b["index"] for b in loader]
         assert all(torch.equal(a, b) for a, b in zip(plain, with_workers, strict=True))
     resumed = [b["index"] for b in ShardStream(shards, 8, spec, seed=1, start_step=4, num_steps=2)]
