@@ -1,0 +1,104 @@
+"""The configuration of a pre-training run: objectives/<name>.yaml, one section per module.
+
+objective:  the objective's own dataclass (atari_pb/objectives/<name>.py)
+model:      ModelConfig   (atari_pb/models/encoder.py)
+optim:      OptimConfig   (this file: AdamW / Adam, cosine schedule with warm-up, clipping)
+trainer:    TrainerConfig (this file: steps, batch, precision, checkpoints)
+data:       DataConfig    (this file: which games of the shard directory)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, make_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from atari_pb.config import load_config
+from atari_pb.errors import UsageError
+from atari_pb.models.encoder import ModelConfig
+
+OBJECTIVES_DIR = Path(__file__).resolve().parents[2] / "objectives"
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "adamw"  # adamw | adam
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup: float = 0.1  # fraction of the steps spent warming up linearly
+    final_lr_scale: float = 0.1  # the cosine ends at lr * final_lr_scale
+    grad_clip: float = 0.5  # max gradient norm; 0 = no clipping
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 1000
+    batch_size: int = 512  # global: summed over ranks and micro-batches
+    accumulate: int = 1  # micro-batches per optimiser step
+    seed: int = 0
+    save_every: int = 500  # steps between checkpoints (and at the end)
+    log_every: int = 10
+    bf16: bool = False  # autocast to bfloat16
+    compile: bool = False  # torch.compile the objective
+    channels_last: bool = False
+    loader_threads: int = 2  # batches built ahead of the trainer
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class DataConfig:
+    games: list[str] = field(default_factory=list)  # empty: every game in the shard directory
+
+
+@dataclass
+class PretrainConfig:
+    objective: Any = None  # replaced by the objective's own dataclass
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+def objective_yaml(name: str) -> Path | None:
+    path = OBJECTIVES_DIR / f"{name}.yaml"
+    return path if path.is_file() else None
+
+
+def load_pretrain_config(name: str, overrides: list[str] = (), path: Path | None = None) -> PretrainConfig:
+    """objectives/<name>.yaml (or `path`) over the objective's defaults, then `key=value` overrides."""
+    from atari_pb.objectives import objective_class
+
+    cls = objective_class(name)
+
+    # the same sections, with this objective's config as the type of `objective`
+    schema = make_dataclass(
+        f"{cls.__name__}PretrainConfig",
+        [("objective", cls.Config, field(default_factory=cls.Config))],
+        bases=(PretrainConfig,),
+    )
+    cfg = load_config(schema, path or objective_yaml(name), overrides)
+    return PretrainConfig(cfg.objective, cfg.model, cfg.optim, cfg.trainer, cfg.data)
+
+
+def check(cfg: PretrainConfig) -> None:
+    t, o = cfg.trainer, cfg.optim
+    if t.steps < 1 or t.batch_size < 1 or t.accumulate < 1:
+        raise UsageError(
+            f"trainer.steps, batch_size and accumulate must be >= 1 (got {t.steps}, {t.batch_size}, {t.accumulate})"
+        )
+    if t.batch_size % t.accumulate:
+        raise UsageError(
+            f"trainer.batch_size={t.batch_size} is not divisible by trainer.accumulate={t.accumulate}"
+        )
+    if o.optimizer not in ("adamw", "adam"):
+        raise UsageError(f"optim.optimizer={o.optimizer!r}; valid: adamw, adam")
+    if t.save_every < 1:
+        raise UsageError(f"trainer.save_every={t.save_every}: must be >= 1")
+
+
+def to_yaml(cfg: PretrainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
