@@ -3,13 +3,16 @@ PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 DATASET ?= demo
-DATA    ?= data
-SRC     ?= $(DATA)/replay/$(DATASET)
-DST     ?= $(DATA)/shards/$(DATASET)
+DATA_ROOT ?= data
+SRC     ?= $(DATA_ROOT)/replay/$(DATASET)
+DST     ?= $(DATA_ROOT)/shards/$(DATASET)
+DATA    ?= $(DST)
 WORKERS ?= 2
+OBJ     ?= curl
+RUN     ?= runs/pretrain/$(OBJ)
 ARGS    ?=
 
-.PHONY: setup test lint collect download ingest verify data demo bench clean
+.PHONY: setup test lint collect download ingest verify data pretrain export demo bench clean
 
 setup: $(VENV)/.installed
 
@@ -43,6 +46,13 @@ verify: setup
 
 data: collect ingest verify
 
+# Pre-training: objectives/$(OBJ).yaml on the shards in $(DATA); ARGS="trainer.steps=... model.preset=tiny"
+pretrain: setup
+	$(BIN)/atari-pb pretrain --objective $(OBJ) --data $(DATA) --out $(RUN) $(ARGS)
+
+export: setup
+	$(BIN)/atari-pb export-encoder $(RUN) --out $(RUN)/encoder.safetensors
+
 # The pipeline on the small embedded default (datasets/demo.yaml). Today: data (collect, ingest,
 # verify); pre-training, fine-tuning and the leaderboard join as they land.
 demo: setup
@@ -52,4 +62,4 @@ bench: setup
 	$(BIN)/python -m bench.run_all $(ARGS)
 
 clean:
-	rm -rf $(DATA) bench/out .pytest_cache
+	rm -rf $(DATA_ROOT) runs bench/out .pytest_cache

@@ -130,6 +130,41 @@ def cmd_verify(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace, overrides: list[str]) -> int:
+    from atari_pb.pretrain.config import load_pretrain_config
+    from atari_pb.pretrain.runner import pretrain
+
+    flags = {
+        "model.preset": args.preset,
+        "trainer.steps": args.steps,
+        "trainer.batch_size": args.batch_size,
+        "trainer.save_every": args.save_every,
+    }
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + overrides
+    config = args.config
+    if args.resume and (args.out / "checkpoint.pt").is_file():
+        from atari_pb.pretrain.checkpoint import load_checkpoint
+
+        made_by = load_checkpoint(args.out / "checkpoint.pt")["objective_name"]
+        if made_by != args.objective:
+            raise UsageError(f"{args.out / 'checkpoint.pt'} is a {made_by} checkpoint, not {args.objective}")
+        if config is None:
+            config = args.out / "config.yaml"  # continue with the run's own settings; overrides still apply
+    cfg = load_pretrain_config(args.objective, overrides, config)
+    pretrain(args.objective, args.data, args.out, cfg, resume=args.resume)
+    return 0
+
+
+def cmd_export_encoder(args: argparse.Namespace, overrides: list[str]) -> int:
+    from atari_pb.pretrain.runner import export_from_run
+
+    if overrides:
+        raise UsageError(f"export-encoder takes no overrides (got {' '.join(overrides)})")
+    path = export_from_run(args.run, args.out)
+    log.info("wrote %s and %s", path, path.with_suffix(".json"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="atari-pb",
@@ -174,6 +209,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="re-hash shards against the manifest, check shapes and dtypes")
     p.add_argument("dst", type=Path, help="shard directory")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("pretrain", help="pre-train the encoder under one objective (objectives/<name>.yaml)")
+    p.add_argument(
+        "--objective",
+        required=True,
+        help="curl, mae, atc, siammae, r3m, bc, spr, idm, spr_idm, cql, dt, proto",
+    )
+    p.add_argument("--data", type=Path, required=True, help="shard directory (atari-pb ingest)")
+    p.add_argument("--out", type=Path, required=True, help="run directory: checkpoints, metrics, encoder")
+    p.add_argument("--config", type=Path, help="a YAML to use instead of objectives/<name>.yaml")
+    p.add_argument("--preset", help="backbone: resnet50 (the benchmark's), resnet18, tiny (model.preset)")
+    p.add_argument("--steps", type=int, help="trainer.steps")
+    p.add_argument("--batch-size", type=int, help="global batch (trainer.batch_size)")
+    p.add_argument("--save-every", type=int, help="trainer.save_every")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("export-encoder", help="write a run's encoder as safetensors + JSON config")
+    p.add_argument("run", type=Path, help="pre-training run directory")
+    p.add_argument("--out", type=Path, required=True, help="encoder.safetensors to write")
+    p.set_defaults(func=cmd_export_encoder)
     return parser
 
 

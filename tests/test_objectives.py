@@ -32,8 +32,16 @@ def shards(shard_dir):
 
 def fixed_batch(shards, objective):
     s = objective.sample_spec()
-    return shards.sample(BATCH, s.frames, s.t_step, s.n_step, s.gamma, seed=1,
-                         random_future=s.random_future, extra_offsets=s.extra_offsets)
+    return shards.sample(
+        BATCH,
+        s.frames,
+        s.t_step,
+        s.n_step,
+        s.gamma,
+        seed=1,
+        random_future=s.random_future,
+        extra_offsets=s.extra_offsets,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
@@ -77,3 +85,28 @@ def test_checkpoint_round_trips(name, shards, tmp_path):
     assert torch.equal(a, b)
     for (ka, va), (kb, vb) in zip(objective.state_dict().items(), other.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_bf16_autocast_step(name, shards):
+    """`trainer.bf16=true` runs every objective under autocast: one step must work and stay finite."""
+    _, objective = build(name)
+    batch = fixed_batch(shards, objective)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, metrics = objective(batch, BatchRandom.for_batch(0, 0, BATCH))
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in objective.parameters() if p.requires_grad and p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_every_trainable_parameter_gets_a_gradient(name, shards):
+    """DDP averages gradients parameter by parameter and expects every trainable one to get a gradient."""
+    _, objective = build(name)
+    loss, _ = objective(fixed_batch(shards, objective), BatchRandom.for_batch(0, 0, BATCH))
+    loss.backward()
+    unused = [n for n, p in objective.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == []
+    frozen = {n for n, p in objective.named_parameters() if not p.requires_grad}
+    assert all(any(n.startswith(t) for t in ("target", "momentum")) for n in frozen) or not frozen, frozen

@@ -58,12 +58,15 @@ class PerGameLinear(nn.Module):
         self.out_dim = out_dim
 
     def forward(self, x: torch.Tensor, game_id: torch.Tensor) -> torch.Tensor:
-        out = x.new_empty(x.shape[0], self.out_dim)
+        out = None
         # one matmul per game present: memory stays B x out even for wide (C51) heads
         for g in torch.unique(game_id).tolist():
             rows = game_id == g
-            out[rows] = F.linear(x[rows], self.weight[g], self.bias[g])
-        return out
+            y = F.linear(x[rows], self.weight[g], self.bias[g])
+            if out is None:  # the matmul's dtype, which autocast may have changed
+                out = y.new_empty(x.shape[0], self.out_dim)
+            out[rows] = y
+        return out if out is not None else x.new_empty(0, self.out_dim)
 
 
 class Transformer(nn.Module):

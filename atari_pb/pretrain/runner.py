@@ -169,6 +169,8 @@ def pretrain(name: str, data: Path, out: Path, cfg: PretrainConfig, resume: bool
 
     model: torch.nn.Module = objective
     if dist.world_size > 1:
+        # every trainable parameter of every objective gets a gradient (tests/test_objectives.py), so DDP
+        # needs no search for unused ones
         model = DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None
         )
