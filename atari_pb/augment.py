@@ -2,9 +2,10 @@
 SPR's intensity jitter), run on whatever device the batch is on.
 
 `BatchRandom` draws every random number for the *global* batch of a step from a generator seeded with
-(seed, step, micro-batch) and hands this rank its rows. So a run's randomness depends only on those
-numbers: a resumed run draws what the uninterrupted one drew, and W DDP ranks draw exactly what one
-process with the same global batch draws.
+(seed, step) and hands this rank (and micro-batch) its rows. So a run's randomness depends only on those
+numbers: a resumed run draws what the uninterrupted one drew, and W DDP ranks, or A accumulated
+micro-batches, draw exactly what one process with the same global batch draws. (Each micro-batch redraws
+the global batch's numbers and keeps its rows: a few random numbers per sample, negligible.)
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ class BatchRandom:
         self,
         seed: int,
         step: int,
-        micro: int = 0,
         rows: slice = slice(None),
         global_batch: int | None = None,
         device: torch.device | str = "cpu",
     ):
-        self.generator = torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009 + micro)
+        self.generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
         self.rows = rows
         self.global_batch = global_batch
         self.device = torch.device(device)
@@ -47,7 +47,7 @@ class BatchRandom:
         cls, seed: int, step: int, batch_size: int, device: torch.device | str = "cpu"
     ) -> BatchRandom:
         """Single process: the whole batch is this process's."""
-        return cls(seed, step, 0, slice(None), batch_size, device)
+        return cls(seed, step, slice(None), batch_size, device)
 
 
 def random_shift(x: torch.Tensor, shifts: torch.Tensor, pad: int = 4) -> torch.Tensor:

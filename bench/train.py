@@ -2,6 +2,8 @@
 -> EMA) vs the same steps on one batch already in memory, and the share of step time spent waiting for data.
 
     .venv/bin/python -m bench.train [--quick] [--objectives curl siammae] [--presets tiny resnet50]
+    .venv/bin/python -m bench.train --presets resnet50 --batch-size 512 trainer.bf16=true trainer.compile=true \
+        trainer.channels_last=true          # on a GPU: against the same command without the three overrides
 
 Shards: the sampler benchmark's (real ALE frames, cached in bench/out/). The runner logs samples/s and its
 data-wait share (time blocked on the loader / wall time) per window; the last window is reported, after
@@ -24,18 +26,26 @@ from bench.common import OUT, finish, log, machine_info, sampler_shards, table
 SIZES = {"tiny": (64, 40), "resnet18": (32, 8), "resnet50": (32, 6)}
 
 
-def resident_batch_rate(name: str, preset: str, batch_size: int, steps: int, shards) -> float:
-    """samples/s of the runner's step on one batch that never leaves memory."""
+def resident_batch_rate(
+    name: str, preset: str, batch_size: int, steps: int, shards, overrides: list[str]
+) -> float:
+    """samples/s of the runner's step (same device, precision, compile, memory format) on one batch that
+    never leaves the device."""
     from atari_pb.augment import BatchRandom
     from atari_pb.models.encoder import Encoder
     from atari_pb.objectives import objective_class
     from atari_pb.objectives.base import ema_update
     from atari_pb.pretrain.config import load_pretrain_config
-    from atari_pb.pretrain.runner import make_optimizer
+    from atari_pb.pretrain.runner import make_optimizer, pick_device
 
-    cfg = load_pretrain_config(name, [f"model.preset={preset}"])
-    objective = objective_class(name)(cfg.objective, Encoder(cfg.model), cfg.model.num_actions)
+    cfg = load_pretrain_config(name, [f"model.preset={preset}", *overrides])
+    t = cfg.trainer
+    device = pick_device(t.device)
+    objective = objective_class(name)(cfg.objective, Encoder(cfg.model), cfg.model.num_actions).to(device)
+    if t.channels_last:
+        objective.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(objective, cfg.optim)
+    model = torch.compile(objective) if t.compile else objective
     s = objective.sample_spec()
     batch = shards.sample(
         batch_size,
@@ -47,10 +57,12 @@ def resident_batch_rate(name: str, preset: str, batch_size: int, steps: int, sha
         random_future=s.random_future,
         extra_offsets=s.extra_offsets,
     )
+    batch = {k: v.to(device) for k, v in batch.items()}
     params = [p for p in objective.parameters() if p.requires_grad]
 
     def step(i: int) -> None:
-        loss, _ = objective(batch, BatchRandom.for_batch(0, i, batch_size))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.bf16):
+            loss, _ = model(batch, BatchRandom.for_batch(0, i, batch_size, device))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 10.0)
         optimizer.step()
@@ -61,13 +73,17 @@ def resident_batch_rate(name: str, preset: str, batch_size: int, steps: int, sha
     warm = max(2, steps // 4)
     for i in range(warm):
         step(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for i in range(steps):
         step(warm + i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return batch_size * steps / (time.perf_counter() - start)
 
 
-def runner_rate(name: str, preset: str, batch_size: int, steps: int, data) -> dict:
+def runner_rate(name: str, preset: str, batch_size: int, steps: int, data, overrides: list[str]) -> dict:
     from atari_pb.pretrain.config import load_pretrain_config
     from atari_pb.pretrain.runner import pretrain
 
@@ -95,6 +111,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="tiny preset only, fewer steps")
     p.add_argument("--objectives", nargs="+", default=["curl", "siammae"])
     p.add_argument("--presets", nargs="+", default=None, help="default: tiny resnet50 (--quick: tiny)")
+    p.add_argument("--batch-size", type=int, help="override the per-preset batch (e.g. 512 on a GPU)")
+    p.add_argument("--steps", type=int, help="override the per-preset number of runner steps")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="pretrain config overrides for both rows, e.g. trainer.bf16=true trainer.compile=true trainer.channels_last=true",
+    )
     args = p.parse_args(argv)
     presets = args.presets or (["tiny"] if args.quick else ["tiny", "resnet50"])
     t_start = time.perf_counter()
@@ -107,13 +130,14 @@ def main(argv: list[str] | None = None) -> dict:
     rows, values = [], {}
     for preset in presets:
         batch_size, steps = SIZES[preset]
+        batch_size, steps = args.batch_size or batch_size, args.steps or steps
         if args.quick:
             steps = max(4, steps // 4)
         for name in args.objectives:
             log(f"{name} / {preset}: runner, {steps} steps of {batch_size}")
-            run = runner_rate(name, preset, batch_size, steps, data)
+            run = runner_rate(name, preset, batch_size, steps, data, args.overrides)
             log(f"{name} / {preset}: resident batch")
-            base = resident_batch_rate(name, preset, batch_size, max(3, steps // 2), shards)
+            base = resident_batch_rate(name, preset, batch_size, max(3, steps // 2), shards, args.overrides)
             ratio = run["samples_per_s"] / base
             rows.append([name, preset, batch_size, run["samples_per_s"], base, ratio, run["data_wait"]])
             values[f"{preset}/{name}"] = {**run, "resident_samples_per_s": base, "ratio": ratio}

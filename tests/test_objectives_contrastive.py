@@ -250,7 +250,7 @@ def test_two_ranks_reproduce_one_process(name, done_rows, monkeypatch):
     batch = synthetic_batch(objective, b, done_rows)
 
     def step(model, part, rows):
-        loss, _ = model(part, BatchRandom(0, 3, 0, rows, b))
+        loss, _ = model(part, BatchRandom(0, 3, rows, b))
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 

@@ -191,9 +191,9 @@ def halves_match_whole(obj, batch: dict[str, torch.Tensor]) -> None:
     losses average to the one-process loss (the objective has no cross-sample terms)."""
     b = len(batch["action"])
     with torch.no_grad():
-        whole, _ = obj(batch, BatchRandom(3, 7, 0, slice(None), b))
+        whole, _ = obj(batch, BatchRandom(3, 7, slice(None), b))
         halves = [
-            obj({k: v[rows] for k, v in batch.items()}, BatchRandom(3, 7, 0, rows, b))[0]
+            obj({k: v[rows] for k, v in batch.items()}, BatchRandom(3, 7, rows, b))[0]
             for rows in (slice(0, b // 2), slice(b // 2, b))
         ]
     assert whole.item() == pytest.approx(((halves[0] + halves[1]) / 2).item(), rel=1e-5)

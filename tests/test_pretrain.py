@@ -217,3 +217,28 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shard_dir, tmp_path):
     assert saved["step"] == failed_at - 1
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
     assert not (run / "encoder.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_accumulation_and_channels_last_follow_the_plain_run(shard_dir, tmp_path):
+    """Two accumulated micro-batches are the same global batch, with the same per-sample augmentation, as
+    one batch (bc has no cross-sample terms, so only float order differs); channels_last changes only the
+    memory layout."""
+    runs = {}
+    for label, extra in (
+        ("plain", []),
+        ("accumulate", ["trainer.accumulate=2"]),
+        ("channels_last", ["trainer.channels_last=true"]),
+    ):
+        runs[label] = tmp_path / label
+        atari_pb(*run_args(shard_dir, runs[label], "bc", 4, "optim.lr=1e-3", *extra), check=True)
+    plain = weights(runs["plain"])
+    torch.manual_seed(0)
+    init = {f"encoder.{k}": v for k, v in Encoder(ModelConfig(preset="tiny")).state_dict().items()}
+    update = torch.cat([(plain[k] - init[k]).flatten() for k in init]).norm()
+    for label in ("accumulate", "channels_last"):
+        other = weights(runs[label])
+        diff = torch.cat(
+            [(plain[k] - other[k]).flatten() for k in plain if plain[k].is_floating_point()]
+        ).norm()
+        assert diff < 1e-3 * update, (label, diff, update)

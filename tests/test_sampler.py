@@ -213,6 +213,18 @@ def test_stream_ranks_are_disjoint_slices_of_the_global_batch(shards):
         assert torch.equal(whole[key], torch.cat([p[key] for p in parts])), key
 
 
+def test_accumulated_micro_batches_split_each_ranks_slice(shards):
+    spec = SampleSpec(n_step=3)
+    whole = ShardStream(shards, 16, spec, seed=5).batch_at(4)
+    parts = [
+        ShardStream(shards, 16, spec, seed=5, rank=r, world_size=2, accumulate=2).batch_at(4 * 2 + m)
+        for r in range(2)
+        for m in range(2)
+    ]
+    for key in whole:
+        assert torch.equal(whole[key], torch.cat([p[key] for p in parts])), key
+
+
 def test_loader_threads_and_processes_keep_step_order_and_resume(shards):
     spec = SampleSpec(n_step=1)
     plain = [b["index"] for b in ShardStream(shards, 8, spec, seed=1, num_steps=6)]

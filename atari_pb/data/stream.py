@@ -1,10 +1,11 @@
 """`ShardStream`: batches for training loops, DataLoader workers and DDP ranks.
 
 Step s of the stream is a global batch drawn with seed (seed, s); DDP rank r of W takes its disjoint
-slice [r*B/W, (r+1)*B/W) of that batch, and DataLoader worker w of N serves the steps s = w, w+N, ...
-(the DataLoader hands them back in step order). So the data of a run depends only on (seed, step): a
-resumed run continues with `start_step`, and a W-rank run sees exactly the batches of a 1-rank run with
-the same global batch size.
+slice [r*B/W, (r+1)*B/W) of that batch, and with gradient accumulation over A micro-batches, item
+i = s*A + m of the stream is part m of that slice. DataLoader worker w of N serves the items i = w, w+N, ...
+(the DataLoader hands them back in order). So the data of a run depends only on (seed, step): a resumed
+run continues with `start_step`, and W ranks, or A micro-batches, see exactly the batch of one process
+with the same global batch size.
 
 `make_loader` prefetches with threads by default: a batch is mostly numpy copies, which release the GIL,
 and handing a 14 MB batch from a worker process to the trainer (through shared memory) costs more than
@@ -48,11 +49,15 @@ class ShardStream(IterableDataset):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        accumulate: int = 1,
         start_step: int = 0,
         num_steps: int | None = None,
     ):
-        if global_batch_size % world_size:
-            raise UsageError(f"batch size {global_batch_size} is not divisible by {world_size} ranks")
+        """`start_step` and `num_steps` count stream items (micro-batches when accumulate > 1)."""
+        if global_batch_size % (world_size * accumulate):
+            raise UsageError(
+                f"batch size {global_batch_size} does not split into {world_size} ranks x {accumulate} micro-batches"
+            )
         if not 0 <= rank < world_size:
             raise UsageError(f"rank {rank} is outside 0..{world_size - 1}")
         self.shards = shards
@@ -61,24 +66,33 @@ class ShardStream(IterableDataset):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.accumulate = accumulate
         self.start_step = start_step
         self.num_steps = num_steps
 
-    def batch_at(self, step: int) -> dict[str, torch.Tensor]:
-        """This rank's part of global batch `step`."""
+    def rows(self, item: int) -> slice:
+        """The rows of its step's global batch that stream item `item` holds on this rank."""
+        size = self.global_batch_size // (self.world_size * self.accumulate)
+        first = (self.rank * self.accumulate + item % self.accumulate) * size
+        return slice(first, first + size)
+
+    def batch_at(self, item: int) -> dict[str, torch.Tensor]:
+        """This rank's part (micro-batch `item % accumulate`) of global batch `item // accumulate`."""
         s = self.spec
         draw = self.shards.draw(
             self.global_batch_size,
             frames=s.frames,
             t_step=s.t_step,
             n_step=s.n_step,
-            seed=(self.seed, step),
+            seed=(self.seed, item // self.accumulate),
             random_future=s.random_future,
         )
-        per_rank = self.global_batch_size // self.world_size
-        mine = draw.take(slice(self.rank * per_rank, (self.rank + 1) * per_rank))
         return self.shards.gather(
-            mine, frames=s.frames, t_step=s.t_step, gamma=s.gamma, extra_offsets=s.extra_offsets
+            draw.take(self.rows(item)),
+            frames=s.frames,
+            t_step=s.t_step,
+            gamma=s.gamma,
+            extra_offsets=s.extra_offsets,
         )
 
     def steps(self, worker: int = 0, workers: int = 1) -> Iterator[int]:

@@ -1,7 +1,7 @@
 """`atari-pb pretrain`: train the shared encoder under one objective, read top to bottom.
 
     shards -> ShardStream (global batch of step s drawn with seed (seed, s), this rank's slice)
-           -> objective(batch, BatchRandom(seed, step)) -> loss -> AdamW + cosine, clipped
+           -> objective(batch, BatchRandom(seed, step), this rank's rows) -> loss -> AdamW + cosine, clipped
            -> EMA targets -> metrics.jsonl / TensorBoard -> checkpoint.pt (atomic) -> encoder.safetensors
 
 Everything random derives from (seed, step), so `--resume` after a kill reaches the same weights as an
@@ -131,9 +131,10 @@ def pretrain(name: str, data: Path, out: Path, cfg: PretrainConfig, resume: bool
     if dist.world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
-    micro_batch = t.batch_size // t.accumulate  # global size of one micro-batch
-    if micro_batch % dist.world_size:
-        raise UsageError(f"a micro-batch of {micro_batch} does not split over {dist.world_size} ranks")
+    if t.batch_size % (dist.world_size * t.accumulate):
+        raise UsageError(
+            f"trainer.batch_size={t.batch_size} does not split into {dist.world_size} ranks x {t.accumulate} micro-batches"
+        )
     checkpoint_path = out / CHECKPOINT
     if not resume and checkpoint_path.exists():
         raise UsageError(f"{out} already holds a run; continue it with --resume or choose another --out")
@@ -179,17 +180,16 @@ def pretrain(name: str, data: Path, out: Path, cfg: PretrainConfig, resume: bool
 
     stream = ShardStream(
         shards,
-        micro_batch,
+        t.batch_size,
         spec,
         seed=t.seed,
         rank=dist.rank,
         world_size=dist.world_size,
+        accumulate=t.accumulate,
         start_step=start * t.accumulate,
         num_steps=(t.steps - start) * t.accumulate,
     )
     batches = iter(make_loader(stream, num_workers=t.loader_threads, pin_memory=device.type == "cuda"))
-    per_rank = micro_batch // dist.world_size
-    rows = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
     params = [p for p in objective.parameters() if p.requires_grad]
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")  # inf: measure the norm only
 
@@ -224,7 +224,7 @@ def pretrain(name: str, data: Path, out: Path, cfg: PretrainConfig, resume: bool
                 wait_start = time.perf_counter()
                 batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
                 window_wait += time.perf_counter() - wait_start
-                rand = BatchRandom(t.seed, step, micro, rows, micro_batch, device)
+                rand = BatchRandom(t.seed, step, stream.rows(micro), t.batch_size, device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.bf16):
                     loss, metrics = model(batch, rand)
                 (loss / t.accumulate).backward()
