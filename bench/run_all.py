@@ -164,7 +164,7 @@ def train_notes(res: dict) -> list[str]:
     lines.append(
         f"- The runner reaches {min(ratios):.2f}-{max(ratios):.2f} of the resident-batch rate: with prefetch threads "
         "the data path costs the trainer next to nothing on CPU, where the model's compute dominates (the ratios "
-        "above 1 are run-to-run noise of a few percent)."
+        "above 1 are run-to-run noise: on resnet50 both measurements cover only a few steps)."
     )
     lines.append(
         "- No GPU was lent to the session that measured this: bf16 + torch.compile + channels_last vs fp32 eager "
