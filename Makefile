@@ -53,10 +53,22 @@ pretrain: setup
 export: setup
 	$(BIN)/atari-pb export-encoder $(RUN) --out $(RUN)/encoder.safetensors
 
-# The pipeline on the small embedded default (datasets/demo.yaml). Today: data (collect, ingest,
-# verify); pre-training, fine-tuning and the leaderboard join as they land.
+# The pipeline on the small embedded default (datasets/demo.yaml). Today: data (collect, ingest, verify)
+# and pre-training of the tiny preset under two objectives on the demo's ID games; fine-tuning, evaluation
+# and the leaderboard join as they land. Every stage skips what is already finished.
+DEMO_OBJS  ?= curl siammae
+DEMO_STEPS ?= 150
+DEMO_ID    ?= [boxing,breakout,freeway]
+
 demo: setup
 	$(MAKE) data DATASET=demo
+	$(foreach obj,$(DEMO_OBJS),$(MAKE) runs/demo/$(obj)/encoder.safetensors &&) true
+	@echo "demo: encoders in runs/demo/*/encoder.safetensors (load with atari_pb.load_encoder)"
+
+runs/demo/%/encoder.safetensors: | setup
+	$(BIN)/atari-pb pretrain --objective $* --data $(DATA_ROOT)/shards/demo --out runs/demo/$* --preset tiny \
+	    --steps $(DEMO_STEPS) --batch-size 64 --save-every 50 optim.lr=1e-3 data.games=$(DEMO_ID) \
+	    $(if $(wildcard runs/demo/$*/checkpoint.pt),--resume,)
 
 bench: setup
 	$(BIN)/python -m bench.run_all $(ARGS)
