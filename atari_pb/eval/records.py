@@ -1,0 +1,95 @@
+"""Results records: one JSON file per fine-tuning run, `RESULTS/<method>/<protocol>/<game>/seed<k>.json`.
+
+`atari-pb eval` and `leaderboard` read only these files, so results made on other machines merge by
+copying folders. A record is written atomically and never recomputed once it exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from atari_pb.errors import DataError, UsageError
+from atari_pb.games import SPLITS, get_game
+
+PROTOCOLS = ("offline_bc", "rainbow")
+REQUIRED = ("method", "protocol", "split", "game", "seed", "score")
+
+
+@dataclass
+class ResultRecord:
+    method: str  # an encoder's name (e.g. "curl"), or a baseline: "random", "e2e"
+    protocol: str  # offline_bc | rainbow
+    split: str  # id | near_ood | far_ood
+    game: str
+    seed: int
+    score: float  # raw game score: mean over the evaluation episodes
+    episodes: int = 0  # evaluation episodes behind `score`
+    steps: int = 0  # environment steps (rainbow) or gradient steps (offline_bc) of fine-tuning
+    encoder_sha256: str = ""  # of the encoder file fine-tuned from ("" for baselines without one)
+    config: dict[str, Any] = field(default_factory=dict)  # the fine-tuning run's whole configuration
+    episode_scores: list[float] = field(default_factory=list)
+
+
+def record_path(results: Path, method: str, protocol: str, game: str, seed: int) -> Path:
+    return Path(results) / method / protocol / game / f"seed{seed}.json"
+
+
+def write_record(results: Path, record: ResultRecord) -> Path:
+    path = record_path(results, record.method, record.protocol, record.game, record.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(asdict(record), indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _check(doc: Any, path: Path) -> ResultRecord:
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: a record is a JSON object")
+    missing = [k for k in REQUIRED if k not in doc]
+    if missing:
+        raise DataError(f"{path}: missing keys {', '.join(missing)}; a record needs {', '.join(REQUIRED)}")
+    known = set(ResultRecord.__dataclass_fields__)
+    record = ResultRecord(**{k: v for k, v in doc.items() if k in known})
+    if record.protocol not in PROTOCOLS:
+        raise DataError(f"{path}: protocol {record.protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    if record.split not in SPLITS:
+        raise DataError(f"{path}: split {record.split!r}; valid: {', '.join(SPLITS)}")
+    try:
+        game = get_game(record.game)
+    except UsageError as err:
+        raise DataError(f"{path}: {err}") from None
+    if game.split != record.split:
+        raise DataError(
+            f"{path}: {record.game} belongs to split {game.split}, the record says {record.split}"
+        )
+    if (
+        not isinstance(record.score, (int, float))
+        or isinstance(record.score, bool)
+        or record.score != record.score
+    ):
+        raise DataError(f"{path}: score {record.score!r} is not a number")
+    expected = record_path(Path("."), record.method, record.protocol, record.game, record.seed)
+    if path.parts[-4:] != expected.parts[-4:]:
+        raise DataError(f"{path}: its content ({'/'.join(expected.parts[-4:])}) does not match where it lies")
+    return record
+
+
+def read_record(path: Path) -> ResultRecord:
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable JSON record ({err})") from None
+    return _check(doc, Path(path))
+
+
+def read_records(results: Path) -> list[ResultRecord]:
+    """Every record under `results`; a malformed one is an error naming it (nothing is skipped silently)."""
+    results = Path(results)
+    if not results.is_dir():
+        raise UsageError(f"results directory {results} does not exist")
+    return [read_record(p) for p in sorted(results.glob("*/*/*/seed*.json"))]
