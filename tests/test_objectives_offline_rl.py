@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from atari_pb.augment import BatchRandom
+from atari_pb.models.distributional import project_distribution, select_greedy
 from atari_pb.models.encoder import Encoder, ModelConfig
-from atari_pb.objectives.cql import CQL, CQLConfig, cql_penalty, project_distribution, select_greedy
+from atari_pb.objectives.cql import CQL, CQLConfig, cql_penalty
 from atari_pb.objectives.dt import DT, DTConfig
 
 SUPPORT = np.linspace(-10.0, 10.0, 51)  # delta z = 0.4
