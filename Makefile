@@ -11,8 +11,10 @@ WORKERS ?= 2
 OBJ     ?= curl
 RUN     ?= runs/pretrain/$(OBJ)
 ARGS    ?=
+RESULTS ?= results
+SPLIT   ?= id
 
-.PHONY: setup test lint collect download ingest verify data pretrain export demo bench clean
+.PHONY: setup test lint collect download ingest verify data pretrain export demo bench clean eval leaderboard
 
 setup: $(VENV)/.installed
 
@@ -75,3 +77,10 @@ bench: setup
 
 clean:
 	rm -rf $(DATA_ROOT) runs bench/out .pytest_cache
+
+# Evaluation: aggregate the results records (one JSON per fine-tuning run) with rliable.
+eval: setup
+	$(BIN)/atari-pb eval --results $(RESULTS) --split $(SPLIT)
+
+leaderboard: setup
+	$(BIN)/atari-pb leaderboard $(RESULTS) --out $(RESULTS)/leaderboard

@@ -165,6 +165,58 @@ def cmd_export_encoder(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _eval_records(results: Path):
+    """Records of a results directory; an empty one is a request error (nothing to aggregate)."""
+    from atari_pb.eval.records import read_records
+
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("absl").setLevel(logging.WARNING)  # rliable logs a line per bootstrap at INFO
+
+    records = read_records(results)
+    if not records:
+        raise UsageError(
+            f"no results records in {results} (expected <method>/<protocol>/<game>/seed<k>.json)"
+        )
+    return records
+
+
+def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
+    from atari_pb.eval.records import PROTOCOLS
+    from atari_pb.eval.scores import NORMALIZATIONS
+    from atari_pb.games import SPLITS
+
+    if overrides:
+        raise UsageError(f"eval takes no overrides (got {' '.join(overrides)})")
+    # Checked here rather than with argparse choices: a bad value is one line on stderr, like every error.
+    if args.split not in SPLITS:
+        raise UsageError(f"unknown split {args.split!r}; valid splits: {', '.join(SPLITS)}")
+    for protocol in args.protocol or ():
+        if protocol not in PROTOCOLS:
+            raise UsageError(f"unknown protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
+    if args.normalization not in NORMALIZATIONS:
+        raise UsageError(f"unknown normalization {args.normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
+    records = _eval_records(args.results)
+    from atari_pb.eval.aggregate import aggregate
+    from atari_pb.eval.leaderboard import markdown_table
+
+    rows = aggregate(records, args.split, args.normalization, args.reps, args.seed, args.protocol)
+    sys.stdout.write(markdown_table(rows))
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace, overrides: list[str]) -> int:
+    if overrides:
+        raise UsageError(f"leaderboard takes no overrides (got {' '.join(overrides)})")
+    if args.reps < 1:
+        raise UsageError(f"--reps {args.reps}: the bootstrap needs at least 1 replication")
+    records = _eval_records(args.results)
+    from atari_pb.eval.leaderboard import write_leaderboard
+
+    written = write_leaderboard(records, args.out, args.reps, args.seed)
+    log.info("leaderboard: wrote %d files to %s (open %s)", len(written), args.out, args.out / "index.html")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="atari-pb",
@@ -230,6 +282,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="pre-training run directory")
     p.add_argument("--out", type=Path, required=True, help="encoder.safetensors to write")
     p.set_defaults(func=cmd_export_encoder)
+
+    p = sub.add_parser("eval", help="aggregate results records of one split (rliable) into a Markdown table")
+    p.add_argument("--results", type=Path, required=True, help="results directory of fine-tuning records")
+    p.add_argument("--split", required=True, help="id, near_ood or far_ood")
+    p.add_argument(
+        "--protocol", nargs="+", help="offline_bc and/or rainbow (default: every one with results)"
+    )
+    p.add_argument("--normalization", default="dqn", help="dqn (default) or human (ID and Near-OOD only)")
+    p.add_argument("--reps", type=int, default=2000, help="bootstrap replications for the 95%% CIs")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "leaderboard", help="tables (md, csv, tex, html) and figures of every split and protocol"
+    )
+    p.add_argument("results", type=Path, help="results directory of fine-tuning records")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--reps", type=int, default=2000, help="bootstrap replications for the 95%% CIs")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.set_defaults(func=cmd_leaderboard)
     return parser
 
 

@@ -122,8 +122,8 @@ def test_kill_and_resume_is_byte_identical(replay_tree, shard_dir, tmp_path):
         workers = _children(proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        for w in workers:  # workers die with their parent: no orphan keeps writing
-            for _ in range(200):
+        for w in workers:  # workers die with their parent (or, still starting, as soon as they notice)
+            for _ in range(3000):
                 if not Path(f"/proc/{w}").exists() or "Z" in Path(f"/proc/{w}/stat").read_text().split()[2]:
                     break
                 time.sleep(0.01)

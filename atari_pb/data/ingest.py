@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import multiprocessing
+import os
 import signal
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -120,12 +121,15 @@ def check_sources(job: ShardJob) -> None:
         read_small_array(replay_file(job.src_root, job.replay_name, job.run, fld, job.ckpt))
 
 
-def _die_with_parent() -> None:
-    """Worker initializer: a killed ingest takes its workers with it (Linux), leaving no orphan writers."""
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: a killed ingest takes its workers with it (Linux), leaving no orphan writers.
+    A worker whose parent died while it was starting, before the death signal was armed, exits at once."""
     try:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def ingest(
@@ -172,7 +176,9 @@ def ingest(
                 bar.update()
         else:
             ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_die_with_parent) as pool:
+            with ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(),)
+            ) as pool:
                 job_of: dict[Future, ShardJob] = {pool.submit(build_shard, job): job for job in todo}
                 pending = set(job_of)
                 while pending:

@@ -74,8 +74,11 @@ def _returns_to_go(reward: np.ndarray, terminal: np.ndarray) -> np.ndarray:
 class ShardSet:
     """The shards listed in `root/manifest.json`, sampled uniformly over valid starting transitions."""
 
-    def __init__(self, root: str | Path, games: Sequence[str] | None = None):
-        """`games`: use only these games' shards (e.g. the ID games for pre-training)."""
+    def __init__(
+        self, root: str | Path, games: Sequence[str] | None = None, runs: Sequence[int] | None = None
+    ):
+        """`games`, `runs`: use only these games' and runs' shards (e.g. the ID games for pre-training, or
+        a held-out run for validation)."""
         self.root = Path(root)
         if not self.root.is_dir():
             raise UsageError(f"shard directory {self.root} does not exist")
@@ -92,6 +95,13 @@ class ShardSet:
                     f"{self.root} holds no shards of {', '.join(missing)}; games there: {', '.join(present)}"
                 )
             entries = {key: e for key, e in entries.items() if e.game in games}
+        if runs is not None:
+            present_runs = sorted({run for _, run, _ in entries})
+            entries = {key: e for key, e in entries.items() if e.run in runs}
+            if not entries:
+                raise UsageError(
+                    f"{self.root} holds no shards of runs {list(runs)}; runs there: {present_runs}"
+                )
         self.shards: list[Shard] = []
         for k, entry in enumerate(entries[key] for key in sorted(entries)):
             self.shards.append(self._open_shard(k, entry))

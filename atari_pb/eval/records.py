@@ -7,6 +7,7 @@ copying folders. A record is written atomically and never recomputed once it exi
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,6 +64,10 @@ def _check(doc: Any, path: Path) -> ResultRecord:
         game = get_game(record.game)
     except UsageError as err:
         raise DataError(f"{path}: {err}") from None
+    if game.name != record.game:
+        raise DataError(f"{path}: game {record.game!r} must be written {game.name!r}")
+    if not isinstance(record.seed, int) or isinstance(record.seed, bool):
+        raise DataError(f"{path}: seed {record.seed!r} is not an integer")
     if game.split != record.split:
         raise DataError(
             f"{path}: {record.game} belongs to split {game.split}, the record says {record.split}"
@@ -70,9 +75,9 @@ def _check(doc: Any, path: Path) -> ResultRecord:
     if (
         not isinstance(record.score, (int, float))
         or isinstance(record.score, bool)
-        or record.score != record.score
+        or not math.isfinite(record.score)
     ):
-        raise DataError(f"{path}: score {record.score!r} is not a number")
+        raise DataError(f"{path}: score {record.score!r} is not a finite number")
     expected = record_path(Path("."), record.method, record.protocol, record.game, record.seed)
     if path.parts[-4:] != expected.parts[-4:]:
         raise DataError(f"{path}: its content ({'/'.join(expected.parts[-4:])}) does not match where it lies")

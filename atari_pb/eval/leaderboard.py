@@ -1,0 +1,417 @@
+"""Leaderboard files from results records: tables (Markdown, CSV, LaTeX, a static HTML page) and PNG figures.
+
+Everything is computed from the records alone with a fixed bootstrap seed, so the same results give the same
+files. Tables are formatted by pure functions (`markdown_table`, `latex_table`, `csv_rows`); only
+`write_leaderboard` touches the disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from atari_pb.eval.aggregate import (
+    CONFIDENCE,
+    METRIC_TITLES,
+    METRICS,
+    aggregate,
+    performance_profiles,
+    probability_of_improvement,
+    protocols_with_results,
+    splits_with_results,
+)
+from atari_pb.eval.records import ResultRecord
+from atari_pb.eval.scores import (
+    dqn_normalized,
+    has_human_scores,
+    human_normalized,
+    score_matrices,
+)
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "method",
+    "protocol",
+    "split",
+    "n_games",
+    "n_seeds",
+    "iqm",
+    "iqm_low",
+    "iqm_high",
+    "median",
+    "mean",
+    "optimality_gap",
+)
+# after the required columns: the remaining CIs, then the human-normalised aggregates (blank for Far-OOD)
+_CI_EXTRAS = (
+    "median_low",
+    "median_high",
+    "mean_low",
+    "mean_high",
+    "optimality_gap_low",
+    "optimality_gap_high",
+)
+_HUMAN_EXTRAS = tuple(f"human_{m}{s}" for m in METRICS for s in ("", "_low", "_high"))
+CSV_EXTRA_COLUMNS: tuple[str, ...] = (*_CI_EXTRAS, *_HUMAN_EXTRAS)
+SCORES_COLUMNS = (
+    "method",
+    "protocol",
+    "split",
+    "game",
+    "seed",
+    "score",
+    "dqn_normalized",
+    "human_normalized",
+)
+SPLIT_TITLES = {"id": "ID", "near_ood": "Near-OOD", "far_ood": "Far-OOD"}
+SCALE_TITLES = {"dqn": "DQN-normalised", "human": "Human-normalised"}
+_PAIR_SEPARATOR = "\x1f"  # joins a pair's names for rliable's plot; cannot occur in a method's folder name
+_HEADERS = ("Method", "Protocol", "Split", "Games", "Seeds", *(METRIC_TITLES[m] for m in METRICS))
+
+
+# ---------------------------------------------------------------- tables (pure)
+def format_estimate(row: dict[str, Any], metric: str, digits: int = 3) -> str:
+    """'0.532 [0.410, 0.660]': the point estimate and its 95% CI."""
+    return f"{row[metric]:.{digits}f} [{row[f'{metric}_low']:.{digits}f}, {row[f'{metric}_high']:.{digits}f}]"
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    return [
+        row["method"],
+        row["protocol"],
+        row["split"],
+        str(row["n_games"]),
+        str(row["n_seeds"]),
+        *(format_estimate(row, m) for m in METRICS),
+    ]
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A GitHub-flavoured Markdown table of aggregate rows (estimates with 95% CIs in brackets)."""
+    escape = str.maketrans({"|": r"\|"})
+    lines = ["| " + " | ".join(_HEADERS) + " |", "|" + "---|" * 3 + "---:|" * (len(_HEADERS) - 3)]
+    lines += ["| " + " | ".join(c.translate(escape) for c in _cells(r)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in text)
+
+
+def latex_table(rows: Sequence[dict[str, Any]], normalization: str = "dqn") -> str:
+    """A LaTeX tabular (no packages needed); a rule between splits and between protocols."""
+
+    def estimate(row: dict[str, Any], metric: str) -> str:
+        low, high = row[f"{metric}_low"], row[f"{metric}_high"]
+        return f"{row[metric]:.3f} {{\\scriptsize [{low:.3f}, {high:.3f}]}}"
+
+    lines = [
+        f"% Atari-PB leaderboard, {SCALE_TITLES[normalization]} scores: "
+        f"point estimate [{CONFIDENCE:.0%} stratified-bootstrap CI]",
+        "\\begin{tabular}{lllrr" + "l" * len(METRICS) + "}",
+        "\\hline",
+        " & ".join(latex_escape(h) for h in _HEADERS) + " \\\\",
+        "\\hline",
+    ]
+    previous = None
+    for row in rows:
+        group = (row["split"], row["protocol"])
+        if previous is not None and group != previous:
+            lines.append("\\hline")
+        previous = group
+        cells = [latex_escape(str(row[k])) for k in ("method", "protocol", "split", "n_games", "n_seeds")]
+        lines.append(" & ".join([*cells, *(estimate(row, m) for m in METRICS)]) + " \\\\")
+    lines += ["\\hline", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def csv_rows(
+    dqn_rows: Sequence[dict[str, Any]], human_rows: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One CSV row per (method, protocol, split): DQN-normalised aggregates, human ones as extra columns."""
+    human = {(r["method"], r["protocol"], r["split"]): r for r in human_rows}
+    out = []
+    for row in dqn_rows:
+        line = {k: row[k] for k in (*CSV_COLUMNS, *_CI_EXTRAS)}
+        h = human.get((row["method"], row["protocol"], row["split"]))
+        for col in _HUMAN_EXTRAS:
+            line[col] = "" if h is None else h[col.removeprefix("human_")]
+        out.append(line)
+    return out
+
+
+def _csv_text(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def score_rows(records: Sequence[ResultRecord]) -> list[dict[str, Any]]:
+    """Every run's raw and normalised score, for checking a table against the runs behind it."""
+    out = []
+    for r in sorted(records, key=lambda r: (r.split, r.protocol, r.method, r.game, r.seed)):
+        human = human_normalized(r.game, r.score)
+        out.append(
+            {
+                "method": r.method,
+                "protocol": r.protocol,
+                "split": r.split,
+                "game": r.game,
+                "seed": r.seed,
+                "score": r.score,
+                "dqn_normalized": dqn_normalized(r.game, r.score),
+                "human_normalized": "" if human is None else human,
+            }
+        )
+    return out
+
+
+# ---------------------------------------------------------------- figures
+def _estimates(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    points = {r["method"]: np.array([r[m] for m in METRICS]) for r in rows}
+    cis = {
+        r["method"]: np.array([[r[f"{m}_low"] for m in METRICS], [r[f"{m}_high"] for m in METRICS]])
+        for r in rows
+    }
+    return points, cis
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never a window, also without a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_interval_figure(rows: Sequence[dict[str, Any]], path: Path, xlabel: str) -> Path:
+    """rliable's interval-estimate figure: one panel per metric, a bar per method (95% CI) and its point."""
+    plt = _pyplot()
+    from rliable import plot_utils
+
+    points, cis = _estimates(rows)
+    methods = [r["method"] for r in rows][::-1]  # rliable draws the first at the bottom; best on top
+    row_height = max(0.6, 2.0 / len(methods))
+    fig, _ = plot_utils.plot_interval_estimates(
+        points,
+        cis,
+        metric_names=[METRIC_TITLES[m] for m in METRICS],
+        algorithms=methods,
+        xlabel=xlabel,
+        row_height=row_height,
+        # rliable places the label in figure coordinates: keep it ~0.55 inch below the axes at any height
+        xlabel_y_coordinate=-0.55 / (row_height * len(methods)),
+        max_ticks=3,
+        wspace=0.2,
+    )
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_profile_figure(profiles, path: Path, xlabel: str, title: str) -> Path:
+    """rliable's performance-profile figure: fraction of runs above tau, with 95% CI bands."""
+    plt = _pyplot()
+    from rliable import plot_utils
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    plot_utils.plot_performance_profiles(
+        profiles.profiles,
+        profiles.taus,
+        performance_profile_cis=profiles.cis,
+        ax=ax,
+        xlabel=xlabel + r" ($\tau$)",
+        legend=True,
+        legendsize="medium",
+        labelsize="large",
+        ticklabelsize="medium",
+    )
+    ax.set_title(title)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_improvement_figure(
+    probabilities: dict[tuple[str, str], tuple[float, float, float]], path: Path, title: str
+) -> Path:
+    """rliable's probability-of-improvement figure: P(X > Y) with its 95% CI for each pair."""
+    plt = _pyplot()
+    from rliable import plot_utils
+
+    keys = {pair: _PAIR_SEPARATOR.join(pair) for pair in probabilities}
+    fig, ax = plt.subplots(figsize=(5, 1.0 + 0.45 * len(probabilities)))
+    plot_utils.plot_probability_of_improvement(
+        {keys[p]: v[0] for p, v in probabilities.items()},
+        {keys[p]: np.array(v[1:]) for p, v in probabilities.items()},
+        pair_separator=_PAIR_SEPARATOR,
+        ax=ax,
+        xticks=[0.0, 0.25, 0.5, 0.75, 1.0],
+        ticklabelsize="medium",
+        labelsize="medium",
+    )
+    ax.set_xlim(0.0, 1.0)
+    ax.set_title(title, pad=24)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------- HTML (pure)
+def _html_table(rows: Sequence[dict[str, Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in _HEADERS)
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>" for r in rows
+    )
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+
+
+_STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;padding:3px 8px}
+td:nth-child(n+4){text-align:right;font-variant-numeric:tabular-nums}th{background:#f3f3f3}
+figure{display:inline-block;margin:0.5em 1em 1em 0;vertical-align:top}img{max-width:100%}
+figcaption{font-size:0.9em;color:#555}"""
+
+
+def html_page(sections: Sequence[dict[str, Any]], reps: int, seed: int, n_records: int) -> str:
+    """The static page: per split, the tables, then per protocol the figures (linked PNGs beside it)."""
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8"><title>Atari-PB leaderboard</title>',
+        f"<style>{_STYLE}</style></head><body>",
+        "<h1>Atari-PB leaderboard</h1>",
+        f"<p>{n_records} fine-tuning runs. Each cell: point estimate [{CONFIDENCE:.0%} stratified-bootstrap "
+        f"confidence interval], {reps} bootstrap replications, seed {seed} (rliable). IQM is the 25% trimmed "
+        "mean over all runs x games; the optimality gap is how far runs fall short of 1 (the reference). "
+        "DQN-normalised: 0 = the worse and 1 = the better of the random and reference agents (DQN 50M for "
+        "ID and Near-OOD games, Rainbow 2M for Far-OOD). Human-normalised: 0 = random, 1 = human. Per-run "
+        'scores: <a href="scores.csv">scores.csv</a>; tables: <a href="leaderboard.csv">CSV</a>, '
+        '<a href="leaderboard.md">Markdown</a>, <a href="leaderboard.tex">LaTeX</a>.</p>',
+    ]
+    for sec in sections:
+        parts.append(f"<h2>{html.escape(SPLIT_TITLES[sec['split']])}</h2>")
+        parts.append(f"<h3>{SCALE_TITLES['dqn']}</h3>")
+        parts.append(_html_table(sec["dqn"]))
+        if sec["human"]:
+            parts.append(f"<h3>{SCALE_TITLES['human']}</h3>")
+            parts.append(_html_table(sec["human"]))
+        for protocol, figures in sec["figures"].items():
+            parts.append(f"<h3>Figures: {html.escape(protocol)}</h3>")
+            for name, caption in figures:
+                src = html.escape(name, quote=True)
+                parts.append(
+                    f'<figure><a href="{src}"><img src="{src}" alt="{html.escape(caption, quote=True)}">'
+                    f"</a><figcaption>{html.escape(caption)}</figcaption></figure>"
+                )
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------- writing (I/O)
+def _write(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def write_leaderboard(
+    records: Sequence[ResultRecord], out: Path, reps: int = 2000, seed: int = 0
+) -> list[Path]:
+    """Write every table and figure for every split and protocol with results; returns the files written.
+
+    Files: leaderboard.{md,csv,tex}, leaderboard_human.tex, scores.csv, index.html and per (split, protocol)
+    interval_estimates_<split>_<protocol>.png (+ _human.png where human scores exist),
+    performance_profile_<split>_<protocol>.png and, with two or more methods,
+    probability_of_improvement_<split>_<protocol>.png.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    sections = []
+    all_dqn: list[dict[str, Any]] = []
+    all_human: list[dict[str, Any]] = []
+    for split in splits_with_results(records):
+        dqn_rows = aggregate(records, split, "dqn", reps, seed)
+        human_rows = aggregate(records, split, "human", reps, seed) if has_human_scores(split) else []
+        all_dqn += dqn_rows
+        all_human += human_rows
+        figures: dict[str, list[tuple[str, str]]] = {}
+        for protocol in protocols_with_results(records, split):
+            title = f"{SPLIT_TITLES[split]}, {protocol}"
+            rows = [r for r in dqn_rows if r["protocol"] == protocol]
+            listed = figures.setdefault(protocol, [])
+            name = f"interval_estimates_{split}_{protocol}.png"
+            written.append(plot_interval_figure(rows, out / name, "DQN-normalised score"))
+            listed.append((name, f"{title}: aggregates with 95% CIs (DQN-normalised)"))
+            hrows = [r for r in human_rows if r["protocol"] == protocol]
+            if hrows:
+                name = f"interval_estimates_{split}_{protocol}_human.png"
+                written.append(plot_interval_figure(hrows, out / name, "Human-normalised score"))
+                listed.append((name, f"{title}: aggregates with 95% CIs (human-normalised)"))
+            matrices = score_matrices(records, split, protocol, "dqn")
+            order = [r["method"] for r in rows]  # best IQM first
+            ranked = {m: matrices.scores[m] for m in order}
+            name = f"performance_profile_{split}_{protocol}.png"
+            profiles = performance_profiles(ranked, reps=reps, seed=seed)
+            written.append(plot_profile_figure(profiles, out / name, "DQN-normalised score", title))
+            listed.append((name, f"{title}: performance profiles (fraction of runs above tau)"))
+            if len(order) >= 2:
+                name = f"probability_of_improvement_{split}_{protocol}.png"
+                probabilities = probability_of_improvement(ranked, reps=reps, seed=seed)
+                written.append(plot_improvement_figure(probabilities, out / name, title))
+                listed.append((name, f"{title}: probability of improvement P(X > Y)"))
+        sections.append({"split": split, "dqn": dqn_rows, "human": human_rows, "figures": figures})
+
+    written.append(
+        _write(
+            out / "leaderboard.csv",
+            _csv_text((*CSV_COLUMNS, *CSV_EXTRA_COLUMNS), csv_rows(all_dqn, all_human)),
+        )
+    )
+    written.append(_write(out / "scores.csv", _csv_text(SCORES_COLUMNS, score_rows(records))))
+    written.append(_write(out / "leaderboard.tex", latex_table(all_dqn, "dqn")))
+    written.append(_write(out / "leaderboard_human.tex", latex_table(all_human, "human")))
+    md = ["# Atari-PB leaderboard", ""]
+    md.append(
+        f"Point estimate [{CONFIDENCE:.0%} stratified-bootstrap CI], {reps} bootstrap replications, seed {seed}."
+    )
+    for sec in sections:
+        md += ["", f"## {SPLIT_TITLES[sec['split']]}", "", f"### {SCALE_TITLES['dqn']}", ""]
+        md.append(markdown_table(sec["dqn"]))
+        if sec["human"]:
+            md += [f"### {SCALE_TITLES['human']}", "", markdown_table(sec["human"])]
+        for protocol, figures in sec["figures"].items():
+            md.append(
+                f"Figures ({protocol}): " + ", ".join(f"[{caption}]({name})" for name, caption in figures)
+            )
+            md.append("")
+    written.append(_write(out / "leaderboard.md", "\n".join(md).rstrip() + "\n"))
+    written.append(_write(out / "index.html", html_page(sections, reps, seed, len(records))))
+    log.debug("leaderboard: %d files in %s", len(written), out)
+    return written
