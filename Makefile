@@ -10,11 +10,14 @@ DATA    ?= $(DST)
 WORKERS ?= 2
 OBJ     ?= curl
 RUN     ?= runs/pretrain/$(OBJ)
+PROTOCOL ?= offline_bc
+ENCODER ?= $(RUN)/encoder.safetensors
+FT_DATA ?= $(DATA_ROOT)/shards/offline_bc
 ARGS    ?=
 RESULTS ?= results
 SPLIT   ?= id
 
-.PHONY: setup test lint collect download ingest verify data pretrain export demo bench clean eval leaderboard
+.PHONY: setup test lint collect download ingest verify data pretrain export finetune demo bench clean eval leaderboard
 
 setup: $(VENV)/.installed
 
@@ -54,6 +57,11 @@ pretrain: setup
 
 export: setup
 	$(BIN)/atari-pb export-encoder $(RUN) --out $(RUN)/encoder.safetensors
+
+# Fine-tuning: ENCODER=path|random|e2e on every game and seed of SPLIT; finished records are kept
+finetune: setup
+	$(BIN)/atari-pb finetune --protocol $(PROTOCOL) --encoder $(ENCODER) --split $(SPLIT) --results $(RESULTS) \
+	    $(if $(filter offline_bc,$(PROTOCOL)),--data $(FT_DATA),) --workers $(WORKERS) $(ARGS)
 
 # The pipeline on the small embedded default (datasets/demo.yaml). Today: data (collect, ingest, verify)
 # and pre-training of the tiny preset under two objectives on the demo's ID games; fine-tuning, evaluation

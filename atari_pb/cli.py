@@ -217,6 +217,36 @@ def cmd_leaderboard(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
+    from atari_pb.finetune.run import finetune, plan
+
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be >= 1")
+    eval_overrides = [
+        f"{k}={v}" for k, v in (("episodes", args.episodes), ("num_envs", args.eval_envs)) if v is not None
+    ]
+    jobs = plan(
+        args.protocol,
+        args.encoder,
+        args.split,
+        args.games or [],
+        args.seeds,
+        args.results,
+        args.data,
+        args.method,
+        args.preset,
+        overrides,
+        eval_overrides,
+    )
+    written, errors = finetune(jobs, args.workers)
+    for line in errors:
+        print(f"atari-pb: error: {line}", file=sys.stderr)
+    log.info(
+        "finetune: %d records written, %d failed, results in %s", len(written), len(errors), args.results
+    )
+    return 1 if errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="atari-pb",
@@ -277,6 +307,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, help="trainer.save_every")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser(
+        "finetune", help="fine-tune an encoder on a split's games and seeds; write results records"
+    )
+    p.add_argument("--protocol", required=True, help="offline_bc | rainbow (finetune/<protocol>.yaml)")
+    p.add_argument(
+        "--encoder", required=True, help="an exported encoder.safetensors, or a baseline: random, e2e"
+    )
+    p.add_argument("--split", required=True, help="id | near_ood | far_ood (eval/<split>.yaml)")
+    p.add_argument("--games", nargs="+", help="a subset of the split's games (default: all of them)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--results", type=Path, default=Path("results"), help="results directory")
+    p.add_argument("--data", type=Path, help="shard directory of the games' offline data (offline_bc)")
+    p.add_argument("--workers", type=int, default=1, help="(game, seed) jobs run at once")
+    p.add_argument("--method", help="the name in the tables (default: the encoder's objective or baseline)")
+    p.add_argument("--preset", default="resnet50", help="backbone of the random / e2e baselines")
+    p.add_argument("--episodes", type=int, help="evaluation episodes per game and seed (eval/<split>.yaml)")
+    p.add_argument("--eval-envs", type=int, help="parallel evaluation environments")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("export-encoder", help="write a run's encoder as safetensors + JSON config")
     p.add_argument("run", type=Path, help="pre-training run directory")

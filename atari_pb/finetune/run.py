@@ -1,0 +1,237 @@
+"""`atari-pb finetune`: fine-tune an encoder on every (game, seed) of a split, evaluate, write records.
+
+    encoder (an exported file, or a baseline: `random` = frozen random backbone, `e2e` = backbone trained)
+      -> offline BC on the game's shards, or online Rainbow in the game
+      -> evaluation rollouts (eval/<split>.yaml: episodes, parallel envs, epsilon 0.001)
+      -> RESULTS/<method>/<protocol>/<game>/seed<k>.json
+
+A finished record is never recomputed, so a sweep that was stopped continues where it was, and a whole
+split is one command; `workers` runs that many (game, seed) jobs at once in separate processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from atari_pb.errors import AtariPBError, UsageError
+from atari_pb.eval.protocol import load_eval_config
+from atari_pb.eval.records import PROTOCOLS, ResultRecord, record_path, write_record
+from atari_pb.games import get_game
+from atari_pb.models.encoder import Encoder, ModelConfig, config_path, load_encoder
+
+log = logging.getLogger(__name__)
+
+BASELINES = ("random", "e2e")
+
+
+@dataclass(frozen=True)
+class Job:
+    protocol: str
+    encoder: str  # a path, or a baseline name
+    method: str
+    preset: str  # for baselines: the backbone to initialise
+    split: str
+    game: str
+    seed: int
+    results: str
+    data: str | None  # shard directory (offline_bc)
+    overrides: tuple[str, ...]
+    eval_overrides: tuple[str, ...]
+
+
+def method_name(encoder: str) -> str:
+    """A baseline's own name; for an exported encoder, the objective it was pre-trained with."""
+    if encoder in BASELINES:
+        return encoder
+    path = Path(encoder)
+    try:
+        objective = json.loads(config_path(path).read_text())["metadata"].get("objective")
+    except (OSError, ValueError, KeyError):
+        objective = None
+    return objective or path.parent.name or path.stem
+
+
+def build_encoder(job: Job) -> tuple[Encoder, str, bool]:
+    """(encoder, SHA-256 of its file or "", train the backbone?)."""
+    if job.encoder in BASELINES:
+        torch.manual_seed(job.seed)
+        return Encoder(ModelConfig(preset=job.preset)), "", job.encoder == "e2e"
+    digest = hashlib.sha256(Path(job.encoder).read_bytes()).hexdigest()
+    return load_encoder(job.encoder), digest, False
+
+
+def protocol_config(protocol: str, overrides: Sequence[str]):
+    """The protocol's YAML (finetune/<protocol>.yaml) with overrides, as its dataclass."""
+    if protocol == "rainbow":
+        from atari_pb.finetune.rainbow import load_rainbow_config
+
+        return load_rainbow_config(overrides)
+    from atari_pb.finetune.offline_bc import load_offline_bc_config
+
+    return load_offline_bc_config(overrides)
+
+
+def run_job(job: Job) -> Path:
+    """Fine-tune, evaluate and write one record; returns its path."""
+    from atari_pb.eval.rollout import evaluate
+
+    game = get_game(job.game)
+    cfg = protocol_config(job.protocol, job.overrides)
+    ev = load_eval_config(job.split, job.eval_overrides)
+    encoder, digest, train_backbone = build_encoder(job)
+    start = time.perf_counter()
+    if job.protocol == "offline_bc":
+        from atari_pb.envs.atari import num_actions
+        from atari_pb.finetune.offline_bc import train_offline_bc
+
+        result = train_offline_bc(
+            game,
+            encoder,
+            Path(job.data),
+            num_actions(game),
+            cfg.train,
+            job.seed,
+            train_backbone=train_backbone,
+        )
+        agent, steps = result.agent, result.steps
+        extra = {"train_accuracy": result.train_accuracy, "holdout_accuracy": result.holdout_accuracy}
+    else:
+        from atari_pb.finetune.rainbow import train_rainbow
+
+        if train_backbone:
+            cfg.agent.freeze_backbone = False
+        result = train_rainbow(game, encoder, cfg, job.seed)
+        agent, steps = result.agent, result.env_steps
+        extra = {"train_episode_returns": [float(x) for x in result.episode_returns[-10:]]}
+    device = next(agent.parameters()).device
+    scores = evaluate(
+        agent.act,
+        game,
+        episodes=ev.episodes,
+        num_envs=ev.num_envs,
+        epsilon=ev.epsilon,
+        seed=10_000 + job.seed,
+        env=ev.env,
+        device=device,
+    )
+    config = {
+        "protocol": asdict(cfg),
+        "eval": asdict(ev),
+        "encoder": job.encoder,
+        "preset": job.preset,
+        "train_seconds": time.perf_counter() - start,
+        **extra,
+    }
+    record = ResultRecord(
+        method=job.method,
+        protocol=job.protocol,
+        split=job.split,
+        game=game.name,
+        seed=job.seed,
+        score=float(scores.mean),
+        episodes=len(scores.scores),
+        steps=int(steps),
+        encoder_sha256=digest,
+        config=json.loads(json.dumps(config, default=str)),
+        episode_scores=[float(s) for s in scores.scores],
+    )
+    path = write_record(Path(job.results), record)
+    log.info(
+        "%s %s %s seed %d: score %.1f over %d episodes -> %s",
+        job.method,
+        job.protocol,
+        game.name,
+        job.seed,
+        record.score,
+        record.episodes,
+        path,
+    )
+    return path
+
+
+def plan(
+    protocol: str,
+    encoder: str,
+    split: str,
+    games: Sequence[str],
+    seeds: Sequence[int],
+    results: Path,
+    data: Path | None = None,
+    method: str | None = None,
+    preset: str = "resnet50",
+    overrides: Sequence[str] = (),
+    eval_overrides: Sequence[str] = (),
+) -> list[Job]:
+    """Every (game, seed) job, checked before anything runs."""
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"unknown protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
+    if encoder not in BASELINES:
+        load_encoder(encoder)  # a missing, corrupt or misshapen encoder fails here, before any job
+    if protocol == "offline_bc":
+        if data is None:
+            raise UsageError("offline_bc needs --data: the shard directory of the games' offline data")
+        if not Path(data).is_dir():
+            raise UsageError(f"shard directory {data} does not exist")
+    if results.exists() and not results.is_dir():
+        raise UsageError(f"results {results} is a file; it must be a directory")
+    ev = load_eval_config(split, [*eval_overrides, *([f"games=[{','.join(games)}]"] if games else [])])
+    protocol_config(protocol, overrides)  # unknown keys and bad values fail now
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UsageError(f"seeds {list(seeds)}: must be distinct integers >= 0")
+    name = method or method_name(encoder)
+    return [
+        Job(
+            protocol,
+            str(encoder),
+            name,
+            preset,
+            split,
+            game,
+            seed,
+            str(results),
+            str(data) if data else None,
+            tuple(overrides),
+            tuple(eval_overrides),
+        )
+        for game in ev.games
+        for seed in seeds
+    ]
+
+
+def finetune(jobs: Sequence[Job], workers: int = 1) -> tuple[list[Path], list[str]]:
+    """Run the jobs whose record does not exist yet; returns (records written, one error line per failed
+    job). A failing job does not stop the others."""
+    todo = [
+        j for j in jobs if not record_path(Path(j.results), j.method, j.protocol, j.game, j.seed).exists()
+    ]
+    log.info("finetune: %d jobs, %d already finished", len(jobs), len(jobs) - len(todo))
+    written, errors = [], []
+    if workers <= 1:
+        for job in todo:
+            try:
+                written.append(run_job(job))
+            except AtariPBError as err:
+                errors.append(f"{job.game} seed {job.seed}: {err}")
+        return written, errors
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        pending = {pool.submit(run_job, job): job for job in todo}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                job = pending.pop(fut)
+                try:
+                    written.append(fut.result())
+                except AtariPBError as err:
+                    errors.append(f"{job.game} seed {job.seed}: {err}")
+    return written, errors
