@@ -1,0 +1,363 @@
+"""Online Rainbow fine-tuning on one game (Atari-PB's online RL protocol), read top to bottom.
+
+The agent keeps the evaluated encoder's backbone (frozen; trained too for the `e2e` baseline) and puts a
+re-initialised spatial-MLP neck and a C51 head (no dueling, no noisy nets: Atari-PB's Rainbow explores
+epsilon-greedily) on top. It learns by double-Q C51 on 10-step returns of sign-clipped rewards from a
+prioritised replay, with random-shift + intensity augmentation of both the observation and its n-step
+successor, Adam, gradient clipping, and an EMA target network that also chooses the actions (as in
+Atari-PB, which explores and evaluates with the target network).
+
+    cfg = load_rainbow_config(["train.env_steps=10000"])
+    result = train_rainbow(get_game("freeway"), load_encoder("enc.safetensors"), cfg, seed=0)
+    result.agent.act(obs_uint8)      # greedy actions, e.g. for atari_pb.eval.rollout
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from atari_pb.augment import BatchRandom, augment
+from atari_pb.config import load_config
+from atari_pb.envs.atari import EnvConfig, make_vector_env
+from atari_pb.errors import UsageError
+from atari_pb.finetune.replay import PrioritizedReplay, ReplayBatch
+from atari_pb.games import Game
+from atari_pb.models.distributional import project_distribution, select_greedy
+from atari_pb.models.encoder import Encoder
+from atari_pb.models.layers import SpatialMLPNeck
+
+FINETUNE_DIR = Path(__file__).resolve().parents[2] / "finetune"
+
+
+@dataclass
+class AgentConfig:
+    """The `agent:` section of finetune/rainbow.yaml: the learner."""
+
+    num_atoms: int = 51
+    v_min: float = -10.0
+    v_max: float = 10.0
+    gamma: float = 0.99
+    n_step: int = 10
+    double_q: bool = True  # the online network picks the next action, the target evaluates it
+    target_tau: float = 0.99  # after each update: target <- tau * target + (1 - tau) * online
+    lr: float = 1e-4  # Adam
+    adam_eps: float = 1.5e-4
+    grad_clip: float = 10.0  # max gradient norm; 0 = no clipping
+    augment: bool = True  # random shift + intensity on the observation ...
+    augment_target: bool = True  # ... and on the n-step successor the target is computed from
+    freeze_backbone: bool = True  # false: the `e2e` baseline trains the backbone too
+    act_with: str = "target"  # target | online: the network that explores and plays (Atari-PB: target)
+    life_loss_terminal: bool = True  # a lost life ends n-step returns (learning only; the game goes on)
+
+
+@dataclass
+class ReplayConfig:
+    """The `replay:` section: prioritised replay (see atari_pb.finetune.replay)."""
+
+    capacity: int = 100_000  # frames; memory is committed only as they are written (7 KB each)
+    priority_exponent: float = 0.5  # omega
+    beta_start: float = 0.4  # importance-weight exponent, annealed linearly over the updates
+    beta_end: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """The `train:` section: the acting and learning schedule, in agent steps (summed over envs)."""
+
+    env_steps: int = 50_000
+    num_envs: int = 1  # parallel envs; every vector step adds num_envs steps and their updates
+    learning_starts: int = 2_000  # steps of random play before the first update
+    updates_per_step: int = 2  # gradient updates per agent step (the replay ratio)
+    batch_size: int = 32
+    eps_start: float = 1.0
+    eps_end: float = 0.01
+    eps_decay_steps: int = 10_000  # linear decay, starting when learning starts (as Atari-PB)
+    log_every: int = 1_000  # agent steps between progress-bar updates
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class RainbowConfig:
+    """finetune/rainbow.yaml: one section per dataclass."""
+
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_rainbow_config(overrides: Sequence[str] = (), path: str | Path | None = None) -> RainbowConfig:
+    """finetune/rainbow.yaml (or `path`) over the defaults, then `key=value` overrides."""
+    if path is None:
+        default = FINETUNE_DIR / "rainbow.yaml"
+        path = default if default.is_file() else None
+    cfg = load_config(RainbowConfig, path, overrides)
+    check(cfg)
+    return cfg
+
+
+def check(cfg: RainbowConfig) -> None:
+    a, t = cfg.agent, cfg.train
+    if a.num_atoms < 2 or a.v_max <= a.v_min:
+        raise UsageError(
+            f"agent: need num_atoms >= 2 and v_max > v_min (got {a.num_atoms}, {a.v_min}, {a.v_max})"
+        )
+    if a.n_step < 1 or not 0.0 <= a.target_tau <= 1.0:
+        raise UsageError(f"agent: need n_step >= 1 and 0 <= target_tau <= 1 (got {a.n_step}, {a.target_tau})")
+    if a.act_with not in ("target", "online"):
+        raise UsageError(f"agent.act_with={a.act_with!r}; valid: target, online")
+    if min(t.env_steps, t.num_envs, t.batch_size, t.eps_decay_steps, t.log_every) < 1:
+        raise UsageError("train: env_steps, num_envs, batch_size, eps_decay_steps and log_every must be >= 1")
+    if t.learning_starts < 0 or t.updates_per_step < 0:
+        raise UsageError("train: learning_starts and updates_per_step must be >= 0")
+    if cfg.replay.capacity // t.num_envs < 2 * (a.n_step + cfg.env.frames):
+        raise UsageError(f"replay.capacity={cfg.replay.capacity} is too small for {t.num_envs} envs")
+
+
+def linear(start: float, end: float, progress: float) -> float:
+    """start -> end as progress goes 0 -> 1, constant outside."""
+    return start + (end - start) * min(max(progress, 0.0), 1.0)
+
+
+class RainbowAgent(nn.Module):
+    """Backbone (from the encoder) + re-initialised neck + C51 head, with an EMA target copy and Adam.
+
+    With a frozen backbone the target shares it (an EMA of a constant is the constant), so the backbone
+    runs once per update, on the observations and their successors together.
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        num_actions: int,
+        cfg: AgentConfig,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ):
+        super().__init__()
+        self.cfg, self.num_actions, self.seed = cfg, num_actions, seed
+        self.train_backbone = not cfg.freeze_backbone
+        self.backbone = copy.deepcopy(encoder.backbone).requires_grad_(self.train_backbone)
+        # a fresh neck with a single spatial embedding: the per-game neck of Atari-PB restricted to the
+        # one game being fine-tuned (its other rows would never receive a gradient)
+        self.neck = SpatialMLPNeck(encoder.neck.in_shape, encoder.cfg.neck_dims(), num_games=1)
+        self.head = nn.Linear(self.neck.out_dim, num_actions * cfg.num_atoms)
+        self.target_neck = copy.deepcopy(self.neck).requires_grad_(False)
+        self.target_head = copy.deepcopy(self.head).requires_grad_(False)
+        self.target_backbone = (
+            copy.deepcopy(self.backbone).requires_grad_(False) if self.train_backbone else self.backbone
+        )
+        self.register_buffer("support", torch.linspace(cfg.v_min, cfg.v_max, cfg.num_atoms), persistent=False)
+        self.to(device)
+        self.online_params = [p for p in self.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.online_params, lr=cfg.lr, eps=cfg.adam_eps)
+        self.ema_pairs = [(self.target_neck, self.neck), (self.target_head, self.head)]
+        if self.train_backbone:
+            self.ema_pairs.append((self.target_backbone, self.backbone))
+        self.updates = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.support.device
+
+    def features(self, x: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """uint8 stacks or augmented floats in [0, 1] -> backbone features."""
+        backbone = self.target_backbone if target else self.backbone
+        with torch.set_grad_enabled(self.train_backbone and not target and torch.is_grad_enabled()):
+            return backbone(x)
+
+    def logits(self, features: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """Backbone features -> (B, actions, atoms) logits of the return distributions."""
+        neck, head = (self.target_neck, self.target_head) if target else (self.neck, self.head)
+        z = neck(features, torch.zeros(len(features), dtype=torch.long, device=features.device))
+        return head(z).view(-1, self.num_actions, self.cfg.num_atoms)
+
+    def q_values(self, logits: torch.Tensor) -> torch.Tensor:
+        return (logits.softmax(-1) * self.support).sum(-1)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Greedy actions (B,) int64 for uint8 (B, frames, 84, 84) stacks, with the acting network."""
+        target = self.cfg.act_with == "target"
+        obs = torch.as_tensor(obs).to(self.device)
+        return self.q_values(self.logits(self.features(obs, target), target)).argmax(-1)
+
+    def update(
+        self, batch: ReplayBatch, weights: np.ndarray | torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """One gradient step of double-Q C51 on `batch` (returns already n-step and of clipped rewards),
+        each sample's loss scaled by its importance weight. Returns each sample's cross-entropy (the new
+        priorities) and a few scalars."""
+        cfg, dev, b = self.cfg, self.device, len(batch.actions)
+        obs = torch.from_numpy(batch.obs).to(dev)
+        next_obs = torch.from_numpy(batch.next_obs).to(dev)
+        actions = torch.from_numpy(batch.actions).to(dev)
+        returns = torch.from_numpy(batch.returns).to(dev)
+        discounts = torch.from_numpy(batch.discounts).to(dev)
+        weights = torch.as_tensor(weights, dtype=torch.float32).to(dev)
+
+        # the pair is augmented in one call, so obs and next_obs get independent shifts and jitters
+        pair = torch.cat([obs, next_obs])
+        if cfg.augment:
+            rand = BatchRandom.for_batch(self.seed, self.updates, 2 * b, dev)
+            aug = augment(pair, rand)
+            pair = aug if cfg.augment_target else torch.cat([aug[:b], next_obs.float().div(255.0)])
+        if self.train_backbone:
+            features = self.features(pair[:b])
+            with torch.no_grad():
+                next_features = self.features(pair[b:])
+                next_target_features = self.features(pair[b:], target=True)
+        else:
+            with torch.no_grad():
+                features, next_features = self.features(pair).split(b)
+            next_target_features = next_features
+
+        with torch.no_grad():
+            next_target_logits = self.logits(next_target_features, target=True)  # (B, A, K)
+            q_select = self.q_values(self.logits(next_features) if cfg.double_q else next_target_logits)
+            next_probs = next_target_logits.softmax(-1)
+            target = project_distribution(
+                select_greedy(q_select, next_probs), returns, discounts, self.support
+            )
+
+        log_probs = self.logits(features)[torch.arange(b, device=dev), actions].log_softmax(-1)
+        loss_per_sample = -(target * log_probs).sum(-1)
+        loss = (weights * loss_per_sample).mean()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = (
+            nn.utils.clip_grad_norm_(self.online_params, cfg.grad_clip)
+            if cfg.grad_clip > 0
+            else torch.zeros(())
+        )
+        self.optimizer.step()
+        self.update_target()
+        self.updates += 1
+        q_taken = (log_probs.detach().exp() * self.support).sum(-1)
+        metrics = {"loss": loss.item(), "q": q_taken.mean().item(), "grad_norm": float(grad_norm)}
+        return loss_per_sample.detach(), metrics
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        tau = self.cfg.target_tau
+        for target, online in self.ema_pairs:
+            for t, o in zip(target.parameters(), online.parameters()):
+                t.lerp_(o, 1.0 - tau)
+            for t, o in zip(target.buffers(), online.buffers()):
+                t.copy_(o)
+
+
+@dataclass
+class TrainResult:
+    agent: RainbowAgent
+    env_steps: int  # agent steps, summed over envs
+    updates: int
+    episode_returns: np.ndarray  # raw game scores of the training episodes that finished, in order
+    episode_lengths: np.ndarray
+    seconds: float
+    metrics: dict[str, float]  # the last update's loss, q, grad_norm
+
+
+def train_rainbow(
+    game: Game, encoder: Encoder, cfg: RainbowConfig, seed: int, progress: bool = True
+) -> TrainResult:
+    """Fine-tune a Rainbow agent on `game` for cfg.train.env_steps agent steps from `encoder` (which is
+    only read: the agent copies the backbone and re-initialises neck and head)."""
+    from atari_pb.pretrain.runner import pick_device  # the same device rule as pre-training
+
+    check(cfg)
+    a, t = cfg.agent, cfg.train
+    device = pick_device(t.device)
+    n = t.num_envs
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+
+    env, obs = make_vector_env(game, n, cfg.env, seed)
+    num_actions = int(env.single_action_space.n)
+    agent = RainbowAgent(encoder, num_actions, a, seed, device)
+    replay = PrioritizedReplay(
+        cfg.replay.capacity, n, a.n_step, a.gamma, cfg.replay.priority_exponent, cfg.env.frames, seed=seed
+    )
+    total_updates = max(1, (t.env_steps - t.learning_starts) * t.updates_per_step)
+
+    episode_returns: list[float] = []
+    episode_lengths: list[int] = []
+    running_return, running_length = np.zeros(n), np.zeros(n, dtype=np.int64)
+    lives = None
+    steps = updates = 0
+    metrics: dict[str, float] = {}
+    bar = tqdm(
+        total=t.env_steps, unit="step", desc=f"rainbow {game.name}", disable=None if progress else True
+    )
+    start = time.perf_counter()
+    try:
+        while steps < t.env_steps:
+            # epsilon-greedy: 1 until learning starts, then linearly down to eps_end
+            eps = linear(t.eps_start, t.eps_end, (steps - t.learning_starts) / t.eps_decay_steps)
+            explore = rng.random(n) < eps
+            actions = rng.integers(num_actions, size=n)
+            if not explore.all():
+                greedy = agent.act(torch.from_numpy(obs)).cpu().numpy()
+                actions = np.where(explore, actions, greedy)
+
+            next_obs, reward, terminated, truncated, info = env.step(actions)
+            if not np.array_equal(info["env_id"], np.arange(n)):  # the replay's streams assume env order
+                raise RuntimeError(f"the vector env returned envs {info['env_id']} out of order")
+            ended = terminated | truncated
+            lost_life = np.zeros(n, dtype=bool)
+            if a.life_loss_terminal and lives is not None:  # on an episode end, lives are the next one's
+                lost_life = (info["lives"] < lives) & ~ended
+            lives = info["lives"]
+            final = info["final_obs"][:, -1] if ended.any() else None
+            # rewards are clipped for learning only; scores stay raw
+            replay.add(obs[:, -1], actions, np.sign(reward), terminated | lost_life, ended, final)
+
+            running_return += reward
+            running_length += 1
+            for i in np.flatnonzero(ended):
+                episode_returns.append(float(running_return[i]))
+                episode_lengths.append(int(running_length[i]))
+            running_return[ended], running_length[ended] = 0.0, 0
+            obs = next_obs
+            steps += n
+
+            # the replay ratio is per agent step: a vector step of n envs earns n times the updates
+            if steps >= t.learning_starts and replay.tree.total > 0:
+                for _ in range(t.updates_per_step * n):
+                    beta = linear(cfg.replay.beta_start, cfg.replay.beta_end, updates / total_updates)
+                    batch = replay.sample(t.batch_size, beta)
+                    loss_per_sample, metrics = agent.update(batch, batch.weights)
+                    # a floor keeps a transition whose target the agent already fits from starving
+                    replay.update_priorities(batch.indices, loss_per_sample.clamp_min(1e-5).cpu().numpy())
+                    updates += 1
+
+            bar.update(n)
+            if steps % t.log_every < n:
+                recent = episode_returns[-10:]
+                bar.set_postfix(
+                    eps=f"{eps:.2f}",
+                    loss=f"{metrics.get('loss', float('nan')):.3f}",
+                    ret=f"{np.mean(recent):.1f}" if recent else "-",
+                )
+    finally:
+        bar.close()
+        env.close()
+    return TrainResult(
+        agent=agent.eval(),
+        env_steps=steps,
+        updates=updates,
+        episode_returns=np.array(episode_returns, dtype=np.float64),
+        episode_lengths=np.array(episode_lengths, dtype=np.int64),
+        seconds=time.perf_counter() - start,
+        metrics=metrics,
+    )
