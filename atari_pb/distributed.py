@@ -50,21 +50,16 @@ def gather_keys(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def all_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean of a tensor over ranks (metrics, Sinkhorn marginals); the tensor itself without DDP."""
-    rank, size = world()
-    if size == 1:
-        return x
-    x = x.detach().clone()
-    dist.all_reduce(x)
-    return x / size
-
-
 def all_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks, keeping no gradient."""
-    rank, size = world()
+    """Sum over ranks, keeping no gradient; the tensor itself without DDP."""
+    _, size = world()
     if size == 1:
         return x
     x = x.detach().clone()
     dist.all_reduce(x)
     return x
+
+
+def all_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of a tensor over ranks (metrics); the tensor itself without DDP."""
+    return all_sum(x) / world()[1]
