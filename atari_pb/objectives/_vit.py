@@ -17,6 +17,7 @@ from torch import nn
 from atari_pb.errors import UsageError
 from atari_pb.models.encoder import Encoder
 from atari_pb.models.layers import PerGameLinear, SpatialMLPNeck, Transformer, sincos_pos_embed
+from atari_pb.objectives.base import Objective
 
 IMAGE_SIZE = 84
 
@@ -208,3 +209,23 @@ def masked_means(err: torch.Tensor, masked: torch.Tensor) -> dict[str, torch.Ten
         "mse_masked": (err * m).sum().detach() / m.sum().clamp(min=1),
         "mse_visible": (err * (1 - m)).sum().detach() / (1 - m).sum().clamp(min=1),
     }
+
+
+class MaskedAutoencoder(Objective):
+    """What MAE and SiamMAE build alike: the token grid, the number of tokens kept, the ViT encoder over
+    them and the patch decoder (cross-attending to a second token set when `cross`). Registers nothing."""
+
+    cross: bool = False
+
+    def __init__(self, cfg, encoder: Encoder, num_actions: int):
+        super().__init__(cfg, encoder, num_actions)
+        check_dims(encoder, (cfg.enc_heads, cfg.dec_heads))
+        _, h, w = encoder.neck.in_shape
+        dim = encoder.out_dim
+        self.grid = (h, w)
+        self.keep = num_kept(h * w, cfg.mask_ratio)
+        patch_dim = encoder.cfg.frames * (IMAGE_SIZE // h) * (IMAGE_SIZE // w)
+        self.vit = TokenEncoder(self.grid, dim, cfg.enc_depth, cfg.enc_heads, cfg.mlp_ratio)
+        self.decoder = PatchDecoder(
+            self.grid, dim, patch_dim, cfg.dec_depth, cfg.dec_heads, cfg.mlp_ratio, cross=self.cross
+        )

@@ -13,17 +13,13 @@ import torch
 
 from atari_pb.augment import BatchRandom
 from atari_pb.objectives._vit import (
-    IMAGE_SIZE,
-    PatchDecoder,
-    TokenEncoder,
-    check_dims,
+    MaskedAutoencoder,
     masked_means,
     neck_tokens,
-    num_kept,
     random_masking,
     token_errors,
 )
-from atari_pb.objectives.base import Batch, Metrics, Objective, register
+from atari_pb.objectives.base import Batch, Metrics, register
 
 
 @dataclass
@@ -38,20 +34,9 @@ class MAEConfig:
 
 
 @register
-class MAE(Objective):
+class MAE(MaskedAutoencoder):
     name = "mae"
     Config = MAEConfig
-
-    def __init__(self, cfg: MAEConfig, encoder, num_actions: int):
-        super().__init__(cfg, encoder, num_actions)
-        check_dims(encoder, (cfg.enc_heads, cfg.dec_heads))
-        _, h, w = encoder.neck.in_shape
-        dim = encoder.out_dim
-        self.grid = (h, w)
-        self.keep = num_kept(h * w, cfg.mask_ratio)
-        patch_dim = encoder.cfg.frames * (IMAGE_SIZE // h) * (IMAGE_SIZE // w)
-        self.vit = TokenEncoder(self.grid, dim, cfg.enc_depth, cfg.enc_heads, cfg.mlp_ratio)
-        self.decoder = PatchDecoder(self.grid, dim, patch_dim, cfg.dec_depth, cfg.dec_heads, cfg.mlp_ratio)
 
     def forward(self, batch: Batch, rand: BatchRandom) -> tuple[torch.Tensor, Metrics]:
         obs = batch["obs"]
