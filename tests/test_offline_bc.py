@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from atari_pb.data import ShardSet
 from atari_pb.data.collect import invalid_range
 from atari_pb.data.ingest import ingest
 from atari_pb.data.replay_format import replay_file, write_gz_npy
@@ -74,3 +75,23 @@ def test_backbone_stays_frozen_unless_e2e(logged_shards):
     assert all(
         torch.equal(before[k], v) for k, v in encoder.backbone.state_dict().items()
     )  # a copy was trained
+
+
+def test_frozen_backbone_bc_clones_the_rule_on_held_out_runs(logged_shards):
+    """The protocol's setting (frozen backbone, fresh neck and head) on run 1, scored on run 2, which it never
+    saw: the logged actions are ~47% RIGHT / ~47% LEFT, so both chance (25%) and always answering the
+    majority action (<= 50%) stay far below what reading the paddle's position gives (~0.9).
+    Augmentation is off: the rule turns on whether the paddle is 1-2 pixels left or right of the centre,
+    which the +-4 pixel random shift would hide."""
+    game = get_game("breakout")
+    torch.manual_seed(0)
+    encoder = Encoder(ModelConfig(preset="tiny"))
+    cfg = BCTrainConfig(
+        max_steps=400, batch_size=64, lr=3e-3, augment=False, holdout_runs=[2], loader_threads=0
+    )
+    result = train_offline_bc(game, encoder, logged_shards, 4, cfg, seed=0, progress=False)
+    held = ShardSet(logged_shards, games=["breakout"], runs=[2]).sample(4096, n_step=0, seed=5)
+    majority = np.bincount(held["action"][:, 0].numpy(), minlength=4).max() / 4096
+    assert majority < 0.55
+    assert result.holdout_accuracy > majority + 0.2, (result.holdout_accuracy, majority)
+    assert result.train_accuracy > majority + 0.2
