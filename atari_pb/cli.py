@@ -222,9 +222,12 @@ def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
 
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be >= 1")
+    # `eval.<key>=value` overrides go to eval/<split>.yaml (e.g. eval.env.horizon=2000), the rest to the
+    # protocol's YAML
     eval_overrides = [
         f"{k}={v}" for k, v in (("episodes", args.episodes), ("num_envs", args.eval_envs)) if v is not None
-    ]
+    ] + [o.removeprefix("eval.") for o in overrides if o.startswith("eval.")]
+    overrides = [o for o in overrides if not o.startswith("eval.")]
     jobs = plan(
         args.protocol,
         args.encoder,
@@ -237,6 +240,7 @@ def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
         args.preset,
         overrides,
         eval_overrides,
+        args.save_agent,
     )
     written, errors = finetune(jobs, args.workers)
     for line in errors:
@@ -245,6 +249,22 @@ def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
         "finetune: %d records written, %d failed, results in %s", len(written), len(errors), args.results
     )
     return 1 if errors else 0
+
+
+def cmd_prend(args: argparse.Namespace, overrides: list[str]) -> int:
+    from atari_pb.games import get_game
+    from atari_pb.prend.config import load_prend_config
+    from atari_pb.prend.runner import default_out, train_prend
+
+    game = get_game(args.game)
+    out = args.out or default_out(game, args.encoder)
+    flags = {"train.env_steps": args.steps, "train.seed": args.seed}
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + overrides
+    config = args.config
+    if args.resume and config is None and (out / "config.yaml").is_file():
+        config = out / "config.yaml"  # continue with the run's own settings; overrides still apply
+    train_prend(game, args.encoder, out, load_prend_config(overrides, config), resume=args.resume)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,7 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--transitions", type=int, help="transitions per checkpoint (collect.transitions_per_ckpt)"
     )
-    p.add_argument("--policy", help="random")
+    p.add_argument(
+        "--policy",
+        help="random, or eps-greedy:<agent.safetensors> (finetune --protocol rainbow --save-agent)",
+    )
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_collect)
 
@@ -325,7 +348,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="resnet50", help="backbone of the random / e2e baselines")
     p.add_argument("--episodes", type=int, help="evaluation episodes per game and seed (eval/<split>.yaml)")
     p.add_argument("--eval-envs", type=int, help="parallel evaluation environments")
+    p.add_argument(
+        "--save-agent",
+        action="store_true",
+        help="rainbow: keep each trained agent in <results>/<method>/rainbow/<game>/agents/ "
+        "(for collect --policy eps-greedy:<agent>)",
+    )
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser(
+        "prend", help="PPO exploration with an RND or PreND intrinsic reward, with the PreND diagnostics"
+    )
+    p.add_argument(
+        "--encoder",
+        required=True,
+        help="an exported encoder.safetensors (PreND), random (RND), or none (PPO on the game's reward alone)",
+    )
+    p.add_argument("--game", required=True, help="the game to explore, e.g. boxing, riverraid")
+    p.add_argument("--out", type=Path, help="run directory (default runs/prend/<game>-<prend|rnd|none>)")
+    p.add_argument("--config", type=Path, help="a YAML to use instead of prend/prend.yaml")
+    p.add_argument("--steps", type=int, help="agent steps summed over envs (train.env_steps)")
+    p.add_argument("--seed", type=int, help="train.seed")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.set_defaults(func=cmd_prend)
 
     p = sub.add_parser("export-encoder", help="write a run's encoder as safetensors + JSON config")
     p.add_argument("run", type=Path, help="pre-training run directory")

@@ -26,7 +26,7 @@ from atari_pb.games import Game
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("random",)
+POLICIES = ("random", "eps-greedy:<agent.safetensors>")
 STACK_SIZE = 4  # Dopamine's replay stack size, for the invalid range
 UPDATE_HORIZON = 1  # Dopamine's default update horizon, for the invalid range
 _WRITE_BLOCK = 1024  # frames buffered before a compress call
@@ -37,7 +37,8 @@ class CollectConfig:
     """How `atari-pb collect` plays (the `collect:` section of datasets/*.yaml)."""
 
     transitions_per_ckpt: int = 2500
-    policy: str = "random"
+    policy: str = "random"  # random | eps-greedy:<agent file saved by `finetune --save-agent`>
+    epsilon: float = 0.01  # eps-greedy only: DQN-Replay's agents logged with their final epsilon, 0.01
     sticky_action_prob: float = 0.25
     seed: int = 0
     compress_level: int = 6
@@ -62,10 +63,34 @@ class RandomPolicy:
         return np.array([rng.integers(self.num_actions) for rng in self.rngs], dtype=np.int32)
 
 
-def make_policy(spec: str, num_actions: int, seeds: Sequence[int]):
-    if spec == "random":
+def make_policy(cfg: CollectConfig, game: Game, num_actions: int, seeds: Sequence[int]):
+    if cfg.policy == "random":
         return RandomPolicy(num_actions, seeds)
-    raise UsageError(f"unknown policy {spec!r}; valid policies: {', '.join(POLICIES)}")
+    if cfg.policy.startswith("eps-greedy:"):
+        from atari_pb.finetune.policy import EpsGreedyPolicy
+
+        return EpsGreedyPolicy(cfg.policy.split(":", 1)[1], game, num_actions, cfg.epsilon, seeds)
+    raise UsageError(f"unknown policy {cfg.policy!r}; valid policies: {', '.join(POLICIES)}")
+
+
+def check_policy(cfg: CollectConfig, games: Sequence[Game]) -> None:
+    """Fail before anything is played: an unknown policy, an agent file that cannot be read, or an agent
+    trained on another game than the one collected."""
+    if cfg.policy == "random":
+        return
+    if not cfg.policy.startswith("eps-greedy:"):
+        raise UsageError(f"unknown policy {cfg.policy!r}; valid policies: {', '.join(POLICIES)}")
+    if not 0.0 <= cfg.epsilon <= 1.0:
+        raise UsageError(f"epsilon={cfg.epsilon}: must be within [0, 1]")
+    from atari_pb.finetune.policy import load_agent
+
+    path = cfg.policy.split(":", 1)[1]
+    _, trained_on = load_agent(path)
+    others = [g.name for g in games if g.name != trained_on.name]
+    if others:
+        raise UsageError(
+            f"agent {path} plays {trained_on.name}; it cannot collect {', '.join(others)} (one game per agent)"
+        )
 
 
 def run_seed(seed: int, game: Game, run: int) -> int:
@@ -99,7 +124,7 @@ def collect_game(
     )
     try:
         seeds = [run_seed(cfg.seed, game, r) for r in runs]
-        policy = make_policy(cfg.policy, env.single_action_space.n, seeds)
+        policy = make_policy(cfg, game, env.single_action_space.n, seeds)
         obs, _ = env.reset(seed=np.array(seeds, dtype=np.int64))
         for run in runs:
             replay_file(out_root, game.replay_name, run, "observation", 0).parent.mkdir(
@@ -162,6 +187,8 @@ RECORD_NAME = "collect.json"  # beside replay_logs/: what was collected there, a
 def _record(ckpts: Sequence[int], cfg: CollectConfig) -> dict:
     settings = asdict(cfg)
     settings.pop("num_threads")  # does not change the data
+    if settings["policy"] == "random":
+        settings.pop("epsilon")  # unused
     return {"ckpts": sorted(ckpts), "config": settings}
 
 
@@ -194,8 +221,7 @@ def collect(
         raise UsageError(
             f"transitions_per_ckpt={cfg.transitions_per_ckpt}: must be at least {STACK_SIZE + 1}"
         )
-    if cfg.policy not in POLICIES:
-        raise UsageError(f"unknown policy {cfg.policy!r}; valid policies: {', '.join(POLICIES)}")
+    check_policy(cfg, games)
     if not 0.0 <= cfg.sticky_action_prob <= 1.0:
         raise UsageError(f"sticky_action_prob={cfg.sticky_action_prob}: must be within [0, 1]")
     check_ids("runs", runs, 1)

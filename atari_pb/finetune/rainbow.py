@@ -145,6 +145,7 @@ class RainbowAgent(nn.Module):
     ):
         super().__init__()
         self.cfg, self.num_actions, self.seed = cfg, num_actions, seed
+        self.model_cfg = encoder.cfg  # what a saved agent needs to rebuild its backbone
         self.train_backbone = not cfg.freeze_backbone
         self.backbone = copy.deepcopy(encoder.backbone).requires_grad_(self.train_backbone)
         # a fresh neck with a single spatial embedding: the per-game neck of Atari-PB restricted to the

@@ -47,6 +47,7 @@ class Job:
     data: str | None  # shard directory (offline_bc)
     overrides: tuple[str, ...]
     eval_overrides: tuple[str, ...]
+    save_agent: bool = False  # rainbow: keep the trained agent (for `collect --policy eps-greedy:`)
 
 
 def method_name(encoder: str) -> str:
@@ -59,6 +60,11 @@ def method_name(encoder: str) -> str:
     except (OSError, ValueError, KeyError):
         objective = None
     return objective or path.parent.name or path.stem
+
+
+def agent_path(results: Path, method: str, game: str, seed: int) -> Path:
+    """Where `--save-agent` keeps a Rainbow agent: beside its record, out of the records' glob."""
+    return Path(results) / method / "rainbow" / game / "agents" / f"seed{seed}.safetensors"
 
 
 def build_encoder(job: Job) -> tuple[Encoder, str, bool]:
@@ -112,6 +118,11 @@ def run_job(job: Job) -> Path:
             cfg.agent.freeze_backbone = False
         result = train_rainbow(game, encoder, cfg, job.seed)
         agent, steps = result.agent, result.env_steps
+        if job.save_agent:
+            from atari_pb.finetune.policy import save_agent
+
+            saved = save_agent(agent, game, agent_path(Path(job.results), job.method, game.name, job.seed))
+            log.info("saved the trained agent to %s", saved)
         extra = {"train_episode_returns": [float(x) for x in result.episode_returns[-10:]]}
     device = next(agent.parameters()).device
     scores = evaluate(
@@ -171,21 +182,29 @@ def plan(
     preset: str = "resnet50",
     overrides: Sequence[str] = (),
     eval_overrides: Sequence[str] = (),
+    save_agent: bool = False,
 ) -> list[Job]:
     """Every (game, seed) job, checked before anything runs."""
     if protocol not in PROTOCOLS:
         raise UsageError(f"unknown protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
-    if encoder not in BASELINES:
-        load_encoder(encoder)  # a missing, corrupt or misshapen encoder fails here, before any job
     if protocol == "offline_bc":
         if data is None:
             raise UsageError("offline_bc needs --data: the shard directory of the games' offline data")
         if not Path(data).is_dir():
             raise UsageError(f"shard directory {data} does not exist")
+    if save_agent and protocol != "rainbow":
+        raise UsageError("--save-agent keeps trained Rainbow agents; it needs --protocol rainbow")
     if results.exists() and not results.is_dir():
         raise UsageError(f"results {results} is a file; it must be a directory")
     ev = load_eval_config(split, [*eval_overrides, *([f"games=[{','.join(games)}]"] if games else [])])
-    protocol_config(protocol, overrides)  # unknown keys and bad values fail now
+    cfg = protocol_config(protocol, overrides)  # unknown keys and bad values fail now
+    if encoder not in BASELINES:
+        frames = load_encoder(encoder).cfg.frames  # a missing, corrupt or misshapen file fails here
+        wanted = {ev.env.frames} | ({cfg.env.frames} if protocol == "rainbow" else set())
+        if wanted != {frames}:
+            raise UsageError(
+                f"encoder {encoder} takes {frames}-frame stacks; the protocol stacks {max(wanted)} (env.frames)"
+            )
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise UsageError(f"seeds {list(seeds)}: must be distinct integers >= 0")
     name = method or method_name(encoder)
@@ -202,6 +221,7 @@ def plan(
             str(data) if data else None,
             tuple(overrides),
             tuple(eval_overrides),
+            save_agent,
         )
         for game in ev.games
         for seed in seeds
