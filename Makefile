@@ -16,8 +16,9 @@ FT_DATA ?= $(DATA_ROOT)/shards/offline_bc
 ARGS    ?=
 RESULTS ?= results
 SPLIT   ?= id
+GAME    ?= boxing
 
-.PHONY: setup test lint collect download ingest verify data pretrain export finetune demo bench clean eval leaderboard
+.PHONY: setup test lint collect download ingest verify data pretrain export finetune demo bench clean eval leaderboard prend
 
 setup: $(VENV)/.installed
 
@@ -79,6 +80,10 @@ runs/demo/%/encoder.safetensors: | setup
 	$(BIN)/atari-pb pretrain --objective $* --data $(DATA_ROOT)/shards/demo --out runs/demo/$* --preset tiny \
 	    --steps $(DEMO_STEPS) --batch-size 64 --save-every 50 optim.lr=1e-3 data.games=$(DEMO_ID) \
 	    $(if $(wildcard runs/demo/$*/checkpoint.pt),--resume,)
+
+# Exploration: PPO with a PreND (ENCODER=path) or RND (ENCODER=random) intrinsic reward on GAME
+prend: setup
+	$(BIN)/atari-pb prend --encoder $(ENCODER) --game $(GAME) $(ARGS)
 
 bench: setup
 	$(BIN)/python -m bench.run_all $(ARGS)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.common import OUT, fmt, log, machine_info, render_markdown
 
-BENCHES = ("ingest", "sampler", "memory", "train", "env")
+BENCHES = ("ingest", "sampler", "memory", "train", "env", "prend")
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "BENCHMARKS.md"
 
@@ -29,6 +29,7 @@ TITLES = {
     "memory": "Peak memory",
     "train": "Pre-training throughput and data-wait share",
     "env": "Environment: evaluation rollouts vs gymnasium and raw ALE",
+    "prend": "PPO exploration with RND and PreND intrinsic rewards",
 }
 
 
@@ -194,12 +195,27 @@ def env_notes(res: dict) -> list[str]:
     ]
 
 
+def prend_notes(res: dict) -> list[str]:
+    v, split = res["values"], res["values"]["split"]
+    rnd, prend = split["PPO + RND"], split["PPO + PreND (tiny)"]
+    return [
+        f"- RND costs {1 - v['rnd_over_ppo']:.0%} of PPO's throughput and PreND (tiny) {1 - v['prend_over_ppo']:.0%}. "
+        f"RND's extra time is its predictor's share of the update ({rnd['update_s'] - split['PPO']['update_s']:+.2f} s an "
+        f"update) plus two small CNNs over the rollout ({rnd['intrinsic_s']:.2f} s); PreND's is the frozen backbone "
+        f"over the rollout's frames ({prend['intrinsic_s']:.2f} s), run once: its features feed the reward and every "
+        "predictor update, which only trains the neck and head.",
+        f"- PPO itself runs at {v['ppo_over_env_only']:.2f} of bare env stepping: on a CPU the policy's 4 epochs of "
+        "forward and backward passes, not the emulator, bound the learner.",
+    ]
+
+
 NOTES = {
     "ingest": ingest_notes,
     "sampler": sampler_notes,
     "memory": memory_notes,
     "train": train_notes,
     "env": env_notes,
+    "prend": prend_notes,
 }
 
 
@@ -237,7 +253,7 @@ def render(seconds: dict[str, float] | None = None) -> str:
         "```",
         "make bench                       # = .venv/bin/python -m bench.run_all",
         ".venv/bin/python -m bench.run_all [--quick]",
-        ".venv/bin/python -m bench.ingest | bench.sampler | bench.memory | bench.train | bench.env  [--quick] [--help for options]",
+        ".venv/bin/python -m bench.ingest | bench.sampler | bench.memory | bench.train | bench.env | bench.prend  [--quick] [--help for options]",
         "```",
         "",
         "The first run collects 100,000 real frames with ale-py (about 40 s) and writes the 1M-frame source file "
