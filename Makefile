@@ -18,7 +18,8 @@ RESULTS ?= results
 SPLIT   ?= id
 GAME    ?= boxing
 
-.PHONY: setup test lint collect download ingest verify data pretrain export finetune demo bench clean eval leaderboard prend
+.PHONY: setup test lint collect download ingest verify data pretrain export finetune far-ood-agents demo bench clean eval \
+        leaderboard prend
 
 setup: $(VENV)/.installed
 
@@ -64,22 +65,46 @@ finetune: setup
 	$(BIN)/atari-pb finetune --protocol $(PROTOCOL) --encoder $(ENCODER) --split $(SPLIT) --results $(RESULTS) \
 	    $(if $(filter offline_bc,$(PROTOCOL)),--data $(FT_DATA),) --workers $(WORKERS) $(ARGS)
 
-# The pipeline on the small embedded default (datasets/demo.yaml). Today: data (collect, ingest, verify)
-# and pre-training of the tiny preset under two objectives on the demo's ID games; fine-tuning, evaluation
-# and the leaderboard join as they land. Every stage skips what is already finished.
-DEMO_OBJS  ?= curl siammae
-DEMO_STEPS ?= 150
-DEMO_ID    ?= [boxing,breakout,freeway]
+# Far-OOD offline data as in the reference: Rainbow agents trained on the Far-OOD games (2M steps, the
+# reference's), kept with --save-agent, then `make data DATASET=far_ood` plays them (datasets/far_ood.yaml)
+FAR_OOD_AGENTS ?= runs/far_ood_agents
+far-ood-agents: setup
+	$(BIN)/atari-pb finetune --protocol rainbow --encoder e2e --split far_ood --seeds 0 --save-agent \
+	    --results $(FAR_OOD_AGENTS) --workers $(WORKERS) train.env_steps=2000000 $(ARGS)
+
+# The pipeline on the small embedded default (datasets/demo.yaml: three ID games, one Near-OOD, one Far-OOD,
+# played locally): data -> tiny encoders pre-trained under two objectives on the ID games -> offline BC and a
+# short Rainbow run on every demo game for each encoder and the random baseline -> evaluation tables ->
+# the leaderboard with figures in $(DEMO_DIR)/leaderboard. Every stage skips what is already finished.
+# The budgets are a demo's, not the protocol's (finetune/*.yaml): scores show the pipeline, not the methods.
+DEMO_DIR     ?= runs/demo
+DEMO_OBJS    ?= curl siammae
+DEMO_STEPS   ?= 100
+DEMO_ID      ?= [boxing,breakout,freeway]
+DEMO_GAMES   ?= boxing breakout freeway pong surround
+DEMO_SPLITS  ?= id near_ood far_ood
+DEMO_BC      ?= train.max_steps=100 train.batch_size=64
+DEMO_RAINBOW ?= train.env_steps=400 train.learning_starts=200 train.updates_per_step=1 train.batch_size=16 \
+                train.eps_decay_steps=100 replay.capacity=5000
+DEMO_EVAL    ?= --episodes 2 --eval-envs 2 eval.env.horizon=1000
+DEMO_FINETUNE = $(BIN)/atari-pb finetune --encoder $(DEMO_OBJS:%=$(DEMO_DIR)/%/encoder.safetensors) random \
+                --split $(DEMO_SPLITS) --games $(DEMO_GAMES) --seeds 0 --preset tiny --results $(DEMO_DIR)/results \
+                --workers $(WORKERS) $(DEMO_EVAL)
 
 demo: setup
 	$(MAKE) data DATASET=demo
-	$(foreach obj,$(DEMO_OBJS),$(MAKE) runs/demo/$(obj)/encoder.safetensors &&) true
-	@echo "demo: encoders in runs/demo/*/encoder.safetensors (load with atari_pb.load_encoder)"
+	$(foreach obj,$(DEMO_OBJS),$(MAKE) $(DEMO_DIR)/$(obj)/encoder.safetensors &&) true
+	$(DEMO_FINETUNE) --protocol offline_bc --data $(DATA_ROOT)/shards/demo $(DEMO_BC)
+	$(DEMO_FINETUNE) --protocol rainbow $(DEMO_RAINBOW)
+	$(foreach split,$(DEMO_SPLITS),$(BIN)/atari-pb eval --results $(DEMO_DIR)/results --split $(split) &&) true
+	$(BIN)/atari-pb leaderboard $(DEMO_DIR)/results --out $(DEMO_DIR)/leaderboard
+	@echo "demo: encoders in $(DEMO_DIR)/*/encoder.safetensors, records in $(DEMO_DIR)/results," \
+	    "leaderboard in $(DEMO_DIR)/leaderboard/index.html"
 
-runs/demo/%/encoder.safetensors: | setup
-	$(BIN)/atari-pb pretrain --objective $* --data $(DATA_ROOT)/shards/demo --out runs/demo/$* --preset tiny \
+$(DEMO_DIR)/%/encoder.safetensors: | setup
+	$(BIN)/atari-pb pretrain --objective $* --data $(DATA_ROOT)/shards/demo --out $(DEMO_DIR)/$* --preset tiny \
 	    --steps $(DEMO_STEPS) --batch-size 64 --save-every 50 optim.lr=1e-3 data.games=$(DEMO_ID) \
-	    $(if $(wildcard runs/demo/$*/checkpoint.pt),--resume,)
+	    $(if $(wildcard $(DEMO_DIR)/$*/checkpoint.pt),--resume,)
 
 # Exploration: PPO with a PreND (ENCODER=path) or RND (ENCODER=random) intrinsic reward on GAME
 prend: setup

@@ -218,7 +218,7 @@ def cmd_leaderboard(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
-    from atari_pb.finetune.run import finetune, plan
+    from atari_pb.finetune.run import finetune, games_by_split, plan
 
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be >= 1")
@@ -228,20 +228,27 @@ def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
         f"{k}={v}" for k, v in (("episodes", args.episodes), ("num_envs", args.eval_envs)) if v is not None
     ] + [o.removeprefix("eval.") for o in overrides if o.startswith("eval.")]
     overrides = [o for o in overrides if not o.startswith("eval.")]
-    jobs = plan(
-        args.protocol,
-        args.encoder,
-        args.split,
-        args.games or [],
-        args.seeds,
-        args.results,
-        args.data,
-        args.method,
-        args.preset,
-        overrides,
-        eval_overrides,
-        args.save_agent,
-    )
+    if args.method and len(args.encoder) > 1:
+        raise UsageError("--method names one encoder's results; give it with a single --encoder")
+    jobs = [
+        job
+        for encoder in args.encoder
+        for split, games in games_by_split(args.split, args.games or []).items()
+        for job in plan(
+            args.protocol,
+            encoder,
+            split,
+            games,
+            args.seeds,
+            args.results,
+            args.data,
+            args.method,
+            args.preset,
+            overrides,
+            eval_overrides,
+            args.save_agent,
+        )
+    ]
     written, errors = finetune(jobs, args.workers)
     for line in errors:
         print(f"atari-pb: error: {line}", file=sys.stderr)
@@ -336,10 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--protocol", required=True, help="offline_bc | rainbow (finetune/<protocol>.yaml)")
     p.add_argument(
-        "--encoder", required=True, help="an exported encoder.safetensors, or a baseline: random, e2e"
+        "--encoder",
+        required=True,
+        nargs="+",
+        help="exported encoder.safetensors files and/or baselines (random, e2e): their jobs share the workers",
     )
-    p.add_argument("--split", required=True, help="id | near_ood | far_ood (eval/<split>.yaml)")
-    p.add_argument("--games", nargs="+", help="a subset of the split's games (default: all of them)")
+    p.add_argument(
+        "--split", required=True, nargs="+", help="id | near_ood | far_ood, one or more (eval/<split>.yaml)"
+    )
+    p.add_argument("--games", nargs="+", help="a subset of the splits' games (default: all of them)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--results", type=Path, default=Path("results"), help="results directory")
     p.add_argument("--data", type=Path, help="shard directory of the games' offline data (offline_bc)")

@@ -74,15 +74,15 @@ def encoder_file(tmp_path_factory) -> Path:
 
 def test_offline_bc_sweep_writes_records_and_skips_finished_ones(encoder_file, shard_dir, tmp_path):
     results = tmp_path / "results"
-    args = ["finetune", "--protocol", "offline_bc", "--encoder", encoder_file, "--split", "id"]
-    args += ["--games", "breakout", "--seeds", "0", "1", "--data", shard_dir, "--results", results]
+    args = ["finetune", "--protocol", "offline_bc", "--encoder", encoder_file, "--split", "id", "near_ood"]
+    args += ["--games", "breakout", "pong", "--seeds", "0", "--data", shard_dir, "--results", results]
     args += ["--workers", "2", *QUICK_EVAL, "train.max_steps=5", "train.batch_size=16"]
     proc = _cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     records = read_records(results)
     assert sorted((r.method, r.protocol, r.split, r.game, r.seed) for r in records) == [
         ("curl", "offline_bc", "id", "breakout", 0),
-        ("curl", "offline_bc", "id", "breakout", 1),
+        ("curl", "offline_bc", "near_ood", "pong", 0),
     ]
     for path in sorted(results.glob("*/*/*/seed*.json")):
         raw = json.loads(path.read_text())
@@ -162,6 +162,11 @@ def test_collect_with_a_bad_agent(rainbow_run, tmp_path):
     assert "nope.safetensors" in line
     line = _one_error_line(_cli(*base, "--games", "surround", "--policy", "greedy", cwd=tmp_path), 2)
     assert "random" in line and "eps-greedy" in line
+    per_game = str(agent_file).replace("surround", "{game}")  # each game's own agent: pong has none
+    line = _one_error_line(
+        _cli(*base, "--games", "surround", "pong", "--policy", f"eps-greedy:{per_game}", cwd=tmp_path), 2
+    )
+    assert str(agent_file).replace("surround", "pong") in line and "does not exist" in line
     assert not (tmp_path / "replay").exists()
 
 
@@ -211,6 +216,10 @@ def test_bad_encoders_fail_before_anything_runs(bad_encoders, rainbow_run, which
         (["--split", "far_ood", "--games", "surround", "train.nope=1"], ["nope"]),
         (["--split", "far_ood", "--games", "surround", "eval.nope=1"], ["nope"]),
         (["--split", "middle"], ["middle", "near_ood"]),
+        (
+            ["--split", "id", "near_ood", "--games", "surround", "pong"],
+            ["surround", "far_ood", "id or near_ood"],
+        ),
         (["--split", "far_ood", "--save-agent", "--protocol", "offline_bc", "--data", "."], ["--save-agent"]),
     ],
 )

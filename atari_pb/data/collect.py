@@ -37,7 +37,9 @@ class CollectConfig:
     """How `atari-pb collect` plays (the `collect:` section of datasets/*.yaml)."""
 
     transitions_per_ckpt: int = 2500
-    policy: str = "random"  # random | eps-greedy:<agent file saved by `finetune --save-agent`>
+    policy: str = (
+        "random"  # random | eps-greedy:<agent file from `finetune --save-agent`; {game} = each game>
+    )
     epsilon: float = 0.01  # eps-greedy only: DQN-Replay's agents logged with their final epsilon, 0.01
     sticky_action_prob: float = 0.25
     seed: int = 0
@@ -69,7 +71,7 @@ def make_policy(cfg: CollectConfig, game: Game, num_actions: int, seeds: Sequenc
     if cfg.policy.startswith("eps-greedy:"):
         from atari_pb.finetune.policy import EpsGreedyPolicy
 
-        return EpsGreedyPolicy(cfg.policy.split(":", 1)[1], game, num_actions, cfg.epsilon, seeds)
+        return EpsGreedyPolicy(agent_file(cfg.policy, game), game, num_actions, cfg.epsilon, seeds)
     raise UsageError(f"unknown policy {cfg.policy!r}; valid policies: {', '.join(POLICIES)}")
 
 
@@ -84,13 +86,19 @@ def check_policy(cfg: CollectConfig, games: Sequence[Game]) -> None:
         raise UsageError(f"epsilon={cfg.epsilon}: must be within [0, 1]")
     from atari_pb.finetune.policy import load_agent
 
-    path = cfg.policy.split(":", 1)[1]
-    _, trained_on = load_agent(path)
-    others = [g.name for g in games if g.name != trained_on.name]
-    if others:
-        raise UsageError(
-            f"agent {path} plays {trained_on.name}; it cannot collect {', '.join(others)} (one game per agent)"
-        )
+    for game in games:
+        path = agent_file(cfg.policy, game)
+        _, trained_on = load_agent(path)
+        if trained_on.name != game.name:
+            raise UsageError(
+                f"agent {path} plays {trained_on.name}, not {game.name}: one agent per game "
+                "(write {game} in the path to pick each game's agent)"
+            )
+
+
+def agent_file(policy: str, game: Game) -> str:
+    """The agent file of `eps-greedy:<path>` for `game`; `{game}` in the path stands for its name."""
+    return policy.split(":", 1)[1].replace("{game}", game.name)
 
 
 def run_seed(seed: int, game: Game, run: int) -> int:

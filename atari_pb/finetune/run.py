@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -228,6 +229,27 @@ def plan(
     ]
 
 
+def games_by_split(splits: Sequence[str], games: Sequence[str]) -> dict[str, list[str]]:
+    """The requested games of each split ([] = all of the split's); with several splits, a game goes to
+    its own split, and a game of none of them is an error naming the game's split."""
+    from atari_pb.games import SPLITS
+
+    for split in splits:
+        if split not in SPLITS:
+            raise UsageError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    if len(set(splits)) != len(splits):
+        raise UsageError(f"splits {list(splits)}: each at most once")
+    if len(splits) == 1 or not games:
+        return {split: list(games) for split in splits}  # one split: plan() names misplaced games
+    chosen: dict[str, list[str]] = {split: [] for split in splits}
+    for name in games:
+        game = get_game(name)
+        if game.split not in chosen:
+            raise UsageError(f"game {game.name!r} is in split {game.split}, not {' or '.join(splits)}")
+        chosen[game.split].append(game.name)
+    return {split: names for split, names in chosen.items() if names}
+
+
 def finetune(jobs: Sequence[Job], workers: int = 1) -> tuple[list[Path], list[str]]:
     """Run the jobs whose record does not exist yet; returns (records written, one error line per failed
     job). A failing job does not stop the others."""
@@ -244,7 +266,12 @@ def finetune(jobs: Sequence[Job], workers: int = 1) -> tuple[list[Path], list[st
                 errors.append(f"{job.game} seed {job.seed}: {err}")
         return written, errors
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    # the workers share the cores: torch threads beyond a worker's share only contend with the others'
+    # and with the emulators' threads
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=torch.set_num_threads, initargs=(threads,)
+    ) as pool:
         pending = {pool.submit(run_job, job): job for job in todo}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
