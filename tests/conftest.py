@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +63,22 @@ def shard_dir(replay_tree, tmp_path_factory) -> Path:
     report = ingest(replay_tree, dst, resolve_games(GAMES), RUNS, CKPTS, SAMPLES)
     assert not report.errors
     return dst
+
+
+def run_cli(*args, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m atari_pb ARGS` in a real process, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "atari_pb", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_error_line(proc: subprocess.CompletedProcess, code: int) -> str:
+    """The CLI's contract for a bad request or bad data: exit `code` and one `atari-pb: error:` line."""
+    assert proc.returncode == code, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("atari-pb: error: "), proc.stderr
+    return lines[0]

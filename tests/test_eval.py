@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -35,6 +33,7 @@ from atari_pb.eval.scores import (
     score_matrices,
     score_matrix,
 )
+from tests.conftest import one_error_line, run_cli
 
 REPS = 200
 METHODS = {"curl": 0.9, "spr": 0.5}  # fraction of the way from random to the reference, before noise
@@ -223,16 +222,6 @@ def test_probability_of_improvement_and_profiles_equal_rliable():
 
 
 # ---------------------------------------------------------------- the command line, end to end
-def _cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "atari_pb", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("results")
@@ -244,21 +233,14 @@ def results(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def board(results, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("board") / "leaderboard"
-    proc = _cli("leaderboard", results, "--out", out, "--reps", REPS, cwd=results.parent)
+    proc = run_cli("leaderboard", results, "--out", out, "--reps", REPS, cwd=results.parent)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""
     return out
 
 
-def _one_error_line(proc: subprocess.CompletedProcess, code: int) -> str:
-    assert proc.returncode == code, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("atari-pb: error: "), proc.stderr
-    return lines[0]
-
-
 def test_cli_eval_prints_the_markdown_table(results):
-    proc = _cli("eval", "--results", results, "--split", "id", "--reps", REPS, cwd=results.parent)
+    proc = run_cli("eval", "--results", results, "--split", "id", "--reps", REPS, cwd=results.parent)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith("| Method | Protocol | Split | Games | Seeds | IQM |")
@@ -269,7 +251,7 @@ def test_cli_eval_prints_the_markdown_table(results):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[:5] == [row["method"], row["protocol"], "id", "3", "3"]
         assert cells[5] == f"{row['iqm']:.3f} [{row['iqm_low']:.3f}, {row['iqm_high']:.3f}]"
-    only = _cli(
+    only = run_cli(
         "eval", "--results", results, "--split", "id", "--protocol", "rainbow", "--reps", 20, cwd=results
     )
     assert only.returncode == 0 and only.stdout.count("| rainbow |") == 2 and "offline_bc" not in only.stdout
@@ -331,7 +313,7 @@ def test_cli_missing_results_directory(tmp_path):
         ["eval", "--results", missing, "--split", "id"],
         ["leaderboard", missing, "--out", tmp_path / "o"],
     ):
-        line = _one_error_line(_cli(*args, cwd=tmp_path), 2)
+        line = one_error_line(run_cli(*args, cwd=tmp_path), 2)
         assert f"results directory {missing} does not exist" in line
     assert not (tmp_path / "o").exists()
 
@@ -341,9 +323,9 @@ def test_cli_malformed_record(results, tmp_path):
     shutil.copytree(results, bad)
     target = bad / "spr" / "rainbow" / "breakout" / "seed1.json"
     target.write_text('{"method": "spr", "protocol": "rainbow"')  # truncated
-    line = _one_error_line(_cli("eval", "--results", bad, "--split", "id", cwd=tmp_path), 1)
+    line = one_error_line(run_cli("eval", "--results", bad, "--split", "id", cwd=tmp_path), 1)
     assert str(target) in line
-    line = _one_error_line(_cli("leaderboard", bad, "--out", tmp_path / "o", cwd=tmp_path), 1)
+    line = one_error_line(run_cli("leaderboard", bad, "--out", tmp_path / "o", cwd=tmp_path), 1)
     assert str(target) in line
 
 
@@ -351,23 +333,23 @@ def test_cli_incomplete_results(results, tmp_path):
     bad = tmp_path / "results"
     shutil.copytree(results, bad)
     (bad / "curl" / "offline_bc" / "boxing" / "seed2.json").unlink()
-    line = _one_error_line(_cli("eval", "--results", bad, "--split", "id", cwd=tmp_path), 1)
+    line = one_error_line(run_cli("eval", "--results", bad, "--split", "id", cwd=tmp_path), 1)
     assert "curl/offline_bc/boxing/seed2.json" in line
 
 
 def test_cli_split_without_results_and_unknown_split(results):
-    line = _one_error_line(_cli("eval", "--results", results, "--split", "far_ood", cwd=results), 2)
+    line = one_error_line(run_cli("eval", "--results", results, "--split", "far_ood", cwd=results), 2)
     assert "no results for split far_ood" in line and "splits with results: id" in line
-    line = _one_error_line(_cli("eval", "--results", results, "--split", "ood", cwd=results), 2)
+    line = one_error_line(run_cli("eval", "--results", results, "--split", "ood", cwd=results), 2)
     assert "unknown split 'ood'" in line and "id, near_ood, far_ood" in line
-    line = _one_error_line(
-        _cli("eval", "--results", results, "--split", "id", "--protocol", "ppo", cwd=results), 2
+    line = one_error_line(
+        run_cli("eval", "--results", results, "--split", "id", "--protocol", "ppo", cwd=results), 2
     )
     assert "offline_bc, rainbow" in line
 
 
 def test_cli_empty_results_directory(tmp_path):
-    line = _one_error_line(_cli("eval", "--results", tmp_path, "--split", "id", cwd=tmp_path), 2)
+    line = one_error_line(run_cli("eval", "--results", tmp_path, "--split", "id", cwd=tmp_path), 2)
     assert "no results records" in line
 
 

@@ -5,8 +5,6 @@ eps-greedy:<agent>` playing the saved agent into DQN-Replay files, and the bad r
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ from atari_pb.eval.records import read_records
 from atari_pb.finetune.policy import load_agent
 from atari_pb.games import get_game
 from atari_pb.models.encoder import Encoder, ModelConfig, export_encoder
-from tests.conftest import load_source
+from tests.conftest import load_source, one_error_line, run_cli
 
 REQUIRED = {
     "method",
@@ -48,23 +46,6 @@ QUICK_RAINBOW = [
 ]
 
 
-def _cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "atari_pb", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
-def _one_error_line(proc: subprocess.CompletedProcess, code: int) -> str:
-    assert proc.returncode == code, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("atari-pb: error: "), proc.stderr
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
 def encoder_file(tmp_path_factory) -> Path:
     torch.manual_seed(0)
@@ -77,7 +58,7 @@ def test_offline_bc_sweep_writes_records_and_skips_finished_ones(encoder_file, s
     args = ["finetune", "--protocol", "offline_bc", "--encoder", encoder_file, "--split", "id", "near_ood"]
     args += ["--games", "breakout", "pong", "--seeds", "0", "--data", shard_dir, "--results", results]
     args += ["--workers", "2", *QUICK_EVAL, "train.max_steps=5", "train.batch_size=16"]
-    proc = _cli(*args, cwd=tmp_path)
+    proc = run_cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     records = read_records(results)
     assert sorted((r.method, r.protocol, r.split, r.game, r.seed) for r in records) == [
@@ -92,7 +73,7 @@ def test_offline_bc_sweep_writes_records_and_skips_finished_ones(encoder_file, s
         assert raw["config"]["eval"]["env"]["horizon"] == 150  # the eval. override reached the rollouts
     first = {p: p.read_bytes() for p in results.rglob("seed*.json")}
 
-    proc = _cli(*args, cwd=tmp_path)  # everything finished: nothing is recomputed or rewritten
+    proc = run_cli(*args, cwd=tmp_path)  # everything finished: nothing is recomputed or rewritten
     assert proc.returncode == 0, proc.stderr
     assert "2 already finished" in proc.stderr
     assert {p: p.read_bytes() for p in results.rglob("seed*.json")} == first
@@ -104,7 +85,7 @@ def rainbow_run(tmp_path_factory) -> Path:
     results = tmp_path_factory.mktemp("rainbow") / "results"
     args = ["finetune", "--protocol", "rainbow", "--encoder", "random", "--preset", "tiny"]
     args += ["--split", "far_ood", "--games", "surround", "--seeds", "0", "--results", results]
-    proc = _cli(*args, "--save-agent", *QUICK_EVAL, *QUICK_RAINBOW, cwd=results.parent)
+    proc = run_cli(*args, "--save-agent", *QUICK_EVAL, *QUICK_RAINBOW, cwd=results.parent)
     assert proc.returncode == 0, proc.stderr
     return results
 
@@ -130,7 +111,7 @@ def test_collect_plays_the_saved_agent_in_dqn_replay_format(rainbow_run, tmp_pat
     agent_file = rainbow_run / "random" / "rainbow" / "surround" / "agents" / "seed0.safetensors"
     out = tmp_path / "replay"
     args = ["collect", out, "--games", "surround", "--runs", "1", "--ckpts", "0", "--transitions", "400"]
-    proc = _cli(*args, "--policy", f"eps-greedy:{agent_file}", "collect.epsilon=0", cwd=tmp_path)
+    proc = run_cli(*args, "--policy", f"eps-greedy:{agent_file}", "collect.epsilon=0", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     game = get_game("surround")
     frames = load_source(out, "surround", 1, "observation", 0)
@@ -152,19 +133,19 @@ def test_collect_plays_the_saved_agent_in_dqn_replay_format(rainbow_run, tmp_pat
 def test_collect_with_a_bad_agent(rainbow_run, tmp_path):
     agent_file = rainbow_run / "random" / "rainbow" / "surround" / "agents" / "seed0.safetensors"
     base = ["collect", tmp_path / "replay", "--runs", "1", "--ckpts", "0", "--transitions", "50"]
-    line = _one_error_line(
-        _cli(*base, "--games", "pong", "--policy", f"eps-greedy:{agent_file}", cwd=tmp_path), 2
+    line = one_error_line(
+        run_cli(*base, "--games", "pong", "--policy", f"eps-greedy:{agent_file}", cwd=tmp_path), 2
     )
     assert "surround" in line and "pong" in line
-    line = _one_error_line(
-        _cli(*base, "--games", "surround", "--policy", "eps-greedy:nope.safetensors", cwd=tmp_path), 2
+    line = one_error_line(
+        run_cli(*base, "--games", "surround", "--policy", "eps-greedy:nope.safetensors", cwd=tmp_path), 2
     )
     assert "nope.safetensors" in line
-    line = _one_error_line(_cli(*base, "--games", "surround", "--policy", "greedy", cwd=tmp_path), 2)
+    line = one_error_line(run_cli(*base, "--games", "surround", "--policy", "greedy", cwd=tmp_path), 2)
     assert "random" in line and "eps-greedy" in line
     per_game = str(agent_file).replace("surround", "{game}")  # each game's own agent: pong has none
-    line = _one_error_line(
-        _cli(*base, "--games", "surround", "pong", "--policy", f"eps-greedy:{per_game}", cwd=tmp_path), 2
+    line = one_error_line(
+        run_cli(*base, "--games", "surround", "pong", "--policy", f"eps-greedy:{per_game}", cwd=tmp_path), 2
     )
     assert str(agent_file).replace("surround", "pong") in line and "does not exist" in line
     assert not (tmp_path / "replay").exists()
@@ -204,7 +185,7 @@ def bad_encoders(encoder_file, tmp_path_factory) -> dict[str, Path]:
 def test_bad_encoders_fail_before_anything_runs(bad_encoders, rainbow_run, which, code, words, tmp_path):
     before = {p: p.read_bytes() for p in rainbow_run.rglob("*") if p.is_file()}
     args = ["finetune", "--protocol", "rainbow", "--encoder", bad_encoders[which], "--split", "far_ood"]
-    line = _one_error_line(_cli(*args, "--games", "surround", "--results", rainbow_run, cwd=tmp_path), code)
+    line = one_error_line(run_cli(*args, "--games", "surround", "--results", rainbow_run, cwd=tmp_path), code)
     assert all(w in line for w in words), line
     assert {p: p.read_bytes() for p in rainbow_run.rglob("*") if p.is_file()} == before
 
@@ -227,6 +208,6 @@ def test_bad_requests(encoder_file, extra, words, tmp_path):
     args = ["finetune", "--encoder", encoder_file, "--results", tmp_path / "results"]
     if "--protocol" not in extra:
         args += ["--protocol", "rainbow"]
-    line = _one_error_line(_cli(*args, *extra, cwd=tmp_path), 2)
+    line = one_error_line(run_cli(*args, *extra, cwd=tmp_path), 2)
     assert all(w in line for w in words), line
     assert not (tmp_path / "results").exists()

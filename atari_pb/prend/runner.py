@@ -44,7 +44,7 @@ from atari_pb.prend.config import PrendConfig, check
 from atari_pb.prend.diagnostics import Reservoir, collect_probes, knn_novelty, pearson, spearman, write_plots
 from atari_pb.prend.intrinsic import RewardNormalizer, build_intrinsic, mode_of, predictor_lr_scale
 from atari_pb.prend.ppo import Batch, PolicyNet, gae, make_optimizer, ppo_update
-from atari_pb.pretrain.checkpoint import load_checkpoint, save_checkpoint
+from atari_pb.pretrain.checkpoint import kept_note, load_checkpoint, save_checkpoint
 from atari_pb.pretrain.runner import CHECKPOINT, METRICS, RunWriter, pick_device
 
 log = logging.getLogger(__name__)
@@ -267,15 +267,10 @@ def train_prend(
                 intrinsic_inputs = intrinsic.inputs(next_flat)
                 raw, targets = intrinsic.reward(intrinsic_inputs)
                 if not torch.isfinite(raw).all():
-                    last = load_checkpoint(checkpoint_path)["env_steps"] if checkpoint_path.exists() else None
-                    kept = (
-                        f"the last good checkpoint ({checkpoint_path}, env step {last}) is kept"
-                        if last is not None
-                        else "no checkpoint was written yet"
-                    )
                     raise DataError(
                         f"{mode} intrinsic reward is not finite at env step {env_steps} (update {update + 1}, "
-                        f"{int((~torch.isfinite(raw)).sum())} of {raw.numel()} rewards); {kept}"
+                        f"{int((~torch.isfinite(raw)).sum())} of {raw.numel()} rewards); "
+                        + kept_note(checkpoint_path, "env_steps")
                     )
                 reservoir.add(targets, rng)
                 raw = raw.cpu().view(steps_per_env, n)

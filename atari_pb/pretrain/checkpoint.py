@@ -37,3 +37,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{path}: not an atari-pb pre-training checkpoint")
     return state
+
+
+def kept_note(path: Path, step_key: str = "step") -> str:
+    """For an error that stops a run: which checkpoint survives it (the file is never touched)."""
+    path = Path(path)
+    if not path.exists():
+        return "no checkpoint was written yet"
+    step = load_checkpoint(path)[step_key]
+    return f"the last good checkpoint ({path}, {step_key.replace('_', ' ')} {step}) is kept"

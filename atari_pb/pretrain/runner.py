@@ -29,7 +29,7 @@ from atari_pb.errors import DataError, UsageError
 from atari_pb.models.encoder import Encoder, export_encoder
 from atari_pb.objectives import objective_class
 from atari_pb.objectives.base import Objective, ema_update
-from atari_pb.pretrain.checkpoint import load_checkpoint, save_checkpoint
+from atari_pb.pretrain.checkpoint import kept_note, load_checkpoint, save_checkpoint
 from atari_pb.pretrain.config import OptimConfig, PretrainConfig, check, to_yaml
 
 log = logging.getLogger(__name__)
@@ -233,14 +233,9 @@ def pretrain(name: str, data: Path, out: Path, cfg: PretrainConfig, resume: bool
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
             bad = (~torch.isfinite(step_metrics["loss"])) | (~torch.isfinite(grad_norm))
             if all_sum(bad.float()).item() > 0:
-                last = load_checkpoint(checkpoint_path)["step"] if checkpoint_path.exists() else None
-                kept = (
-                    f"the last good checkpoint ({checkpoint_path}, step {last}) is kept"
-                    if last is not None
-                    else "no checkpoint was written yet"
-                )
                 raise DataError(
-                    f"objective {name}: loss or gradient is not finite at step {step + 1}; {kept}"
+                    f"objective {name}: loss or gradient is not finite at step {step + 1}; "
+                    + kept_note(checkpoint_path)
                 )
             optimizer.step()
             scheduler.step()
