@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.common import OUT, fmt, log, machine_info, render_markdown
 
-BENCHES = ("ingest", "sampler", "memory", "train", "env", "prend")
+BENCHES = ("ingest", "sampler", "memory", "train", "env", "prend", "rainbow")
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "BENCHMARKS.md"
 
@@ -30,6 +30,7 @@ TITLES = {
     "train": "Pre-training throughput and data-wait share",
     "env": "Environment: evaluation rollouts vs gymnasium and raw ALE",
     "prend": "PPO exploration with RND and PreND intrinsic rewards",
+    "rainbow": "Rainbow fine-tuning throughput (tiny preset, CPU)",
 }
 
 
@@ -209,6 +210,70 @@ def prend_notes(res: dict) -> list[str]:
     ]
 
 
+def rainbow_notes(res: dict) -> list[str]:
+    v = res["values"]
+    fr, act = v["loops"]["frozen"], v["loops"]["acting"]
+    inside = v["inside_update_ms"]
+    update_ms = inside.get("update", 1e3 / v["isolated_updates_per_s"]["frozen"])
+    fwd = inside["backbone_forward_2x32"]
+    fwd_share = (
+        f"is {fwd / update_ms:.0%}"
+        if fwd < 0.97 * update_ms
+        else f"takes about all of it ({fwd:.0f} ms alone; timed on a busy machine)"
+    )
+    lines = [
+        f"- The loop adds little to its parts: with the reference replay ratio it makes "
+        f"{v['loop_over_isolated_updates_frozen']:.2f} of the updates/s of `agent.update` alone (frozen backbone; "
+        f"{v['loop_over_isolated_updates_e2e']:.2f} e2e), and `agent.update` takes "
+        f"{v['update_share_of_loop_frozen']:.0%} of the frozen loop's time. Env, action, replay and the loop's own "
+        f"Python come to {1e3 / fr['steps_per_s'] - fr['ms_per_step']['agent.update']:.1f} ms of its "
+        f"{1e3 / fr['steps_per_s']:.0f} ms per agent step.",
+        f"- Inside a frozen update ({update_ms:.0f} ms alone), the backbone's forward over the augmented obs and "
+        f"next_obs (2 x 32 stacks) {fwd_share} and the augmentation {inside['augment_2x32'] / update_ms:.0%}; "
+        "neck, C51 head, projection, Adam and EMA share the rest. Augmenting before the backbone means its "
+        "features cannot be cached per frame: at 2 updates per agent step the backbone sees 128 stacks per agent "
+        "step, against 1 to act.",
+        f"- e2e makes {v['e2e_over_frozen_loop_updates']:.2f}x the frozen loop's updates/s "
+        f"({v['e2e_over_frozen_isolated_updates']:.2f}x alone): its online pass adds a backward through the backbone "
+        f"(forward + backward on 32 stacks: {inside['backbone_forward_backward_32']:.0f} ms) and next_obs goes "
+        "through both the online and the EMA target backbones.",
+        f"- Acting alone (no updates) runs at {v['acting_over_raw_env']:.2f} of bare env stepping: `agent.act` on "
+        f"one stack takes {act['ms_per_call']['agent.act']:.1f} ms against {act['ms_per_call']['env.step']:.2f} ms "
+        "for `env.step`.",
+        "- Absolute rates of the frozen update moved by up to 30% between runs on this virtual machine even with "
+        "no other process busy, and by up to 2x with one; the e2e update, which gains less from the second "
+        "thread, moved less, so e2e / frozen moves with the frozen rate. Where the two bracketing runs of "
+        "`agent.update` alone (throughput table) differ much, the machine changed during the loop and its "
+        "loop / alone ratio is off by as much.",
+    ]
+    threads = v["isolated_updates_per_s_by_threads"]
+    if {"1", "2"} <= threads.keys():
+        one, two = threads["1"], threads["2"]
+        line = (
+            f"- Torch threads: 2 give {two['frozen'] / one['frozen']:.2f}x the updates/s of 1 (frozen; "
+            f"{two['e2e'] / one['e2e']:.2f}x e2e), and `agent.act` on one stack takes {two['act_ms']:.1f} ms on 2 "
+            f"against {one['act_ms']:.1f} ms on 1"
+        )
+        if two["act_ms"] > one["act_ms"]:
+            line += (
+                ": with OMP_WAIT_POLICY=PASSIVE (atari_pb's default) each parallel op of a one-stack forward "
+                "wakes a sleeping thread, which can cost more than the op"
+            )
+        if "act_ms_active" in two and "act_ms_active" in one:
+            spin = f"{two['act_ms_active']:.1f} ms on 2 threads and {one['act_ms_active']:.1f} ms on 1"
+            line += (
+                f". With spinning threads (OMP_WAIT_POLICY=ACTIVE, in a child process) it takes {spin}."
+                if two["act_ms_active"] < two["act_ms"]
+                else f". Spinning threads (OMP_WAIT_POLICY=ACTIVE, in a child process) did not help in this run "
+                f"({spin}): next to other busy processes a spinning thread keeps a core from them and they from "
+                "it, the reason atari_pb waits passively."
+            )
+        else:
+            line += "."
+        lines.append(line)
+    return lines
+
+
 NOTES = {
     "ingest": ingest_notes,
     "sampler": sampler_notes,
@@ -216,6 +281,7 @@ NOTES = {
     "train": train_notes,
     "env": env_notes,
     "prend": prend_notes,
+    "rainbow": rainbow_notes,
 }
 
 
@@ -253,7 +319,7 @@ def render(seconds: dict[str, float] | None = None) -> str:
         "```",
         "make bench                       # = .venv/bin/python -m bench.run_all",
         ".venv/bin/python -m bench.run_all [--quick]",
-        ".venv/bin/python -m bench.ingest | bench.sampler | bench.memory | bench.train | bench.env | bench.prend  [--quick] [--help for options]",
+        ".venv/bin/python -m bench.ingest | bench.sampler | bench.memory | bench.train | bench.env | bench.prend | bench.rainbow  [--quick] [--help for options]",
         "```",
         "",
         "The first run collects 100,000 real frames with ale-py (about 40 s) and writes the 1M-frame source file "
