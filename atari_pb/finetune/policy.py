@@ -11,20 +11,24 @@ names the game and the shapes needed to rebuild it; loading it executes nothing:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from atari_pb.errors import DataError, UsageError
 from atari_pb.finetune.rainbow import AgentConfig, RainbowAgent
 from atari_pb.games import Game, get_game
-from atari_pb.models.encoder import Encoder, ModelConfig, config_path
+from atari_pb.models.encoder import (
+    Encoder,
+    ModelConfig,
+    config_path,
+    read_config,
+    read_tensors,
+    write_weights,
+)
 
 AGENT_FORMAT = "atari-pb-rainbow-agent/1"
 _ACTING = ("backbone", "neck", "head")
@@ -32,9 +36,6 @@ _ACTING = ("backbone", "neck", "head")
 
 def save_agent(agent: RainbowAgent, game: Game, path: str | Path) -> Path:
     """Write the network `agent` acts with (the EMA target under Atari-PB's `act_with: target`)."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise UsageError(f"{path}: the agent file must end in .safetensors")
     target = agent.cfg.act_with == "target"
     modules = dict(
         zip(
@@ -45,14 +46,10 @@ def save_agent(agent: RainbowAgent, game: Game, path: str | Path) -> Path:
         )
     )
     state = {
-        f"{name}.{key}": value.detach().cpu().contiguous()
+        f"{name}.{key}": value
         for name, module in modules.items()
         for key, value in module.state_dict().items()
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, tmp, metadata={"format": AGENT_FORMAT})
-    tmp.replace(path)
     config = {
         "format": AGENT_FORMAT,
         "game": game.name,
@@ -60,33 +57,21 @@ def save_agent(agent: RainbowAgent, game: Game, path: str | Path) -> Path:
         "model": asdict(agent.model_cfg),
         "agent": {k: getattr(agent.cfg, k) for k in ("num_atoms", "v_min", "v_max")},
     }
-    config_path(path).write_text(json.dumps(config, indent=1) + "\n")
-    return path
+    return write_weights(path, state, config)
 
 
 def load_agent(path: str | Path, device: str | torch.device = "cpu") -> tuple[RainbowAgent, Game]:
     """Rebuild a saved agent (frozen, eval mode, acting with the saved network) and its game."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"agent file {path} does not exist")
-    if not config_path(path).is_file():
-        raise UsageError(f"{config_path(path)} does not exist: an agent needs the JSON config beside it")
+    config = read_config(path, AGENT_FORMAT, "an agent")
     try:
-        config = json.loads(config_path(path).read_text())
-        if config.get("format") != AGENT_FORMAT:
-            raise DataError(
-                f"{config_path(path)}: format {config.get('format')!r}, expected {AGENT_FORMAT!r}"
-            )
         game = get_game(config["game"])
         model = ModelConfig(**config["model"])
         cfg = AgentConfig(**config["agent"], act_with="online")
         agent = RainbowAgent(Encoder(model), int(config["num_actions"]), cfg)
     except (ValueError, KeyError, TypeError) as err:
         raise DataError(f"{config_path(path)}: not an atari-pb agent config ({err})") from None
-    try:
-        state = load_file(path)
-    except (SafetensorError, OSError) as err:
-        raise DataError(f"{path}: not a readable safetensors file ({err})") from None
+    state = read_tensors(path)
     for name in _ACTING:
         part = {k.split(".", 1)[1]: v for k, v in state.items() if k.split(".", 1)[0] == name}
         try:

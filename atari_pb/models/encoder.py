@@ -61,10 +61,6 @@ class Encoder(nn.Module):
 
 def export_encoder(encoder: Encoder, path: str | Path, metadata: dict | None = None) -> Path:
     """Write `path` (safetensors) and `path` with .json (the config needed to rebuild it)."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise UsageError(f"{path}: the encoder file must end in .safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
     config = {
         "format": ENCODER_FORMAT,
         "model": asdict(encoder.cfg),
@@ -72,12 +68,47 @@ def export_encoder(encoder: Encoder, path: str | Path, metadata: dict | None = N
         "input": "uint8 (B, frames, 84, 84) frame stacks, optional int64 (B,) game ids",
         "metadata": metadata or {},
     }
-    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    return write_weights(path, encoder.state_dict(), config)
+
+
+def write_weights(path: str | Path, state: dict[str, torch.Tensor], config: dict) -> Path:
+    """A weights file and its JSON config (with a "format" key) beside it; the safetensors is written
+    atomically. Shared by encoders and saved agents."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise UsageError(f"{path}: the file must end in .safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, tmp, metadata={"format": ENCODER_FORMAT})
+    save_file(tensors, tmp, metadata={"format": config["format"]})
     tmp.replace(path)
     config_path(path).write_text(json.dumps(config, indent=1) + "\n")
     return path
+
+
+def read_config(path: str | Path, fmt: str, what: str) -> dict:
+    """The JSON config beside a weights file, checked to exist and to be of format `fmt`; `what`
+    ("an encoder", "an agent") names the file in errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{what.split()[-1]} file {path} does not exist")
+    if not config_path(path).is_file():
+        raise UsageError(f"{config_path(path)} does not exist: {what} needs the JSON config beside it")
+    try:
+        config = json.loads(config_path(path).read_text())
+    except ValueError as err:
+        raise DataError(f"{config_path(path)}: not JSON ({err})") from None
+    if not isinstance(config, dict) or config.get("format") != fmt:
+        found = config.get("format") if isinstance(config, dict) else None
+        raise DataError(f"{config_path(path)}: format {found!r}, expected {fmt!r}")
+    return config
+
+
+def read_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path, device=str(device))
+    except (SafetensorError, OSError) as err:
+        raise DataError(f"{path}: not a readable safetensors file ({err})") from None
 
 
 def config_path(path: str | Path) -> Path:
@@ -87,23 +118,12 @@ def config_path(path: str | Path) -> Path:
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encoder:
     """Rebuild an exported encoder: frozen (no gradients), in eval mode."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"encoder file {path} does not exist")
-    if not config_path(path).is_file():
-        raise UsageError(f"{config_path(path)} does not exist: an encoder needs the JSON config beside it")
+    config = read_config(path, ENCODER_FORMAT, "an encoder")
     try:
-        config = json.loads(config_path(path).read_text())
-        if config.get("format") != ENCODER_FORMAT:
-            raise DataError(
-                f"{config_path(path)}: format {config.get('format')!r}, expected {ENCODER_FORMAT!r}"
-            )
         encoder = Encoder(ModelConfig(**config["model"]))
     except (ValueError, KeyError, TypeError) as err:
         raise DataError(f"{config_path(path)}: not an atari-pb encoder config ({err})") from None
-    try:
-        state = load_file(path, device=str(device))
-    except (SafetensorError, OSError) as err:
-        raise DataError(f"{path}: not a readable safetensors file ({err})") from None
+    state = read_tensors(path, device)
     try:
         missing, unexpected = encoder.load_state_dict(state, strict=False)
     except RuntimeError as err:  # a tensor of another shape
