@@ -18,13 +18,13 @@ RESULTS ?= results
 SPLIT   ?= id
 GAME    ?= boxing
 
-.PHONY: setup test lint collect download ingest verify data pretrain export finetune far-ood-agents demo bench clean eval \
-        leaderboard prend
+.PHONY: setup test test-fast lint wheel collect download ingest verify data pretrain export finetune far-ood-agents demo \
+        bench clean distclean eval leaderboard prend
 
 setup: $(VENV)/.installed
 
 # Re-installs only when the package metadata changes; torch/torchvision come as a matching pair.
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -34,9 +34,20 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 test: setup
 	$(BIN)/pytest -q
 
+# everything but the tests marked slow
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The wheel, in dist/: every subpackage plus the configuration folders as atari_pb/configs/<folder>/*.yaml
+# (setup.py). build/ is removed first so that no module deleted since a previous build slips in.
+wheel: setup
+	rm -rf build dist/atari_pb-*.whl
+	$(BIN)/pip wheel . --no-deps --quiet -w dist
+	@ls dist/atari_pb-*.whl
 
 # Data: play games locally (collect) or fetch real DQN-Replay (download), then ingest and verify.
 collect: setup
@@ -113,8 +124,16 @@ prend: setup
 bench: setup
 	$(BIN)/python -m bench.run_all $(ARGS)
 
+# clean: caches and build outputs only; distclean: also the data and every trained run and result
+CLEAN_PATHS := .pytest_cache .ruff_cache build dist *.egg-info bench/out
 clean:
-	rm -rf $(DATA_ROOT) runs bench/out .pytest_cache
+	@echo "clean: removing $(CLEAN_PATHS) and every __pycache__ (outside $(VENV))"
+	rm -rf $(CLEAN_PATHS)
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	@echo "distclean: WARNING: deleting data and trained runs: $(DATA_ROOT)/ runs/ results/"
+	rm -rf $(DATA_ROOT) runs results
 
 # Evaluation: aggregate the results records (one JSON per fine-tuning run) with rliable.
 eval: setup

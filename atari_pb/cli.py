@@ -8,14 +8,41 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from atari_pb.config import load_config
+from atari_pb.config import CONFIG_ROOT_ENV, config_root, dataset_file, load_config
 from atari_pb.errors import AtariPBError, UsageError
 
 log = logging.getLogger("atari_pb")
+
+
+def registry_names() -> dict[str, list[str]]:
+    """What can be named on the command line, read from the registries (not a list kept here)."""
+    from atari_pb.finetune.base import protocol_names
+    from atari_pb.games import SPLITS
+    from atari_pb.models.backbone import PRESETS
+    from atari_pb.objectives import OBJECTIVES
+
+    return {
+        "objectives": sorted(OBJECTIVES),
+        "protocols": protocol_names(),
+        "presets": list(PRESETS),
+        "splits": list(SPLITS),
+    }
+
+
+class _RegistryHelp(argparse.HelpFormatter):
+    """Help strings may say {objectives}, {protocols}, {presets} or {splits}: filled from the registries
+    when help is shown, so an ordinary command does not pay for importing every module."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "{" in text:
+            text = text.format(**{k: ", ".join(v) for k, v in registry_names().items()})
+        return text
 
 
 def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -26,7 +53,10 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def _selection_args(p: argparse.ArgumentParser, samples: bool = True) -> None:
-    p.add_argument("--dataset", type=Path, help="datasets/<name>.yaml: games, runs, ckpts, samples_per_ckpt")
+    p.add_argument(
+        "--dataset",
+        help="a dataset YAML, or a name in datasets/ (demo, ...): games, runs, ckpts, samples_per_ckpt",
+    )
     p.add_argument("--games", nargs="+", help="game names or splits (id, near_ood, far_ood)")
     p.add_argument("--runs", nargs="+", type=int)
     p.add_argument("--ckpts", nargs="+", type=int)
@@ -49,7 +79,8 @@ def _dataset_config(args: argparse.Namespace, overrides: list[str]):
     for key in ("policy", "seed"):
         if getattr(args, key, None) is not None:
             flags.append(f"collect.{key}={getattr(args, key)}")
-    return load_config(DatasetConfig, args.dataset, [*flags, *overrides])
+    path = dataset_file(args.dataset) if args.dataset is not None else None
+    return load_config(DatasetConfig, path, [*flags, *overrides])
 
 
 def _games(names: Sequence[str]):
@@ -143,9 +174,9 @@ def cmd_pretrain(args: argparse.Namespace, overrides: list[str]) -> int:
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + overrides
     config = args.config
     if args.resume and (args.out / "checkpoint.pt").is_file():
-        from atari_pb.pretrain.checkpoint import load_checkpoint
+        from atari_pb.pretrain.checkpoint import KIND, load_checkpoint
 
-        made_by = load_checkpoint(args.out / "checkpoint.pt")["objective_name"]
+        made_by = load_checkpoint(args.out / "checkpoint.pt", KIND)["objective_name"]
         if made_by != args.objective:
             raise UsageError(f"{args.out / 'checkpoint.pt'} is a {made_by} checkpoint, not {args.objective}")
         if config is None:
@@ -181,8 +212,8 @@ def _eval_records(results: Path):
 
 
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
-    from atari_pb.eval.records import PROTOCOLS
     from atari_pb.eval.scores import NORMALIZATIONS
+    from atari_pb.finetune.base import protocol_class
     from atari_pb.games import SPLITS
 
     if overrides:
@@ -191,8 +222,7 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.split not in SPLITS:
         raise UsageError(f"unknown split {args.split!r}; valid splits: {', '.join(SPLITS)}")
     for protocol in args.protocol or ():
-        if protocol not in PROTOCOLS:
-            raise UsageError(f"unknown protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
+        protocol_class(protocol)  # an unknown name: one line with the valid ones
     if args.normalization not in NORMALIZATIONS:
         raise UsageError(f"unknown normalization {args.normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
     records = _eval_records(args.results)
@@ -274,13 +304,44 @@ def cmd_prend(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_list(args: argparse.Namespace, overrides: list[str]) -> int:
+    if overrides:
+        raise UsageError(f"list takes no overrides (got {' '.join(overrides)})")
+    names = registry_names()
+    if args.what is not None:
+        if args.what not in names:
+            raise UsageError(f"list {args.what!r}: valid: {', '.join(names)}")
+        sys.stdout.write("".join(f"{name}\n" for name in names[args.what]))
+        return 0
+    for kind, values in names.items():
+        sys.stdout.write(f"{kind}: {', '.join(values)}\n")
+    sys.stdout.write(f"config root: {config_root()}\n")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command's help fills {objectives} etc. from the registries (subparsers take this class)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _RegistryHelp)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="atari-pb",
         description="Atari pre-training benchmark. Config overrides are key=value arguments anywhere.",
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--config-root",
+        type=Path,
+        help=f"folder holding datasets/ objectives/ finetune/ eval/ prend/ (default: the package's; also ${CONFIG_ROOT_ENV})",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("list", help="what can be named: objectives, protocols, presets, splits")
+    p.add_argument("what", nargs="?", help="one of objectives, protocols, presets, splits (one name a line)")
+    p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("collect", help="play games through ale-py and write DQN-Replay files")
     p.add_argument("out", type=Path, help="root of the DQN-Replay tree to write")
@@ -323,15 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("pretrain", help="pre-train the encoder under one objective (objectives/<name>.yaml)")
-    p.add_argument(
-        "--objective",
-        required=True,
-        help="curl, mae, atc, siammae, r3m, bc, spr, idm, spr_idm, cql, dt, proto",
-    )
+    p.add_argument("--objective", required=True, help="{objectives} (objectives/<name>.yaml)")
     p.add_argument("--data", type=Path, required=True, help="shard directory (atari-pb ingest)")
     p.add_argument("--out", type=Path, required=True, help="run directory: checkpoints, metrics, encoder")
     p.add_argument("--config", type=Path, help="a YAML to use instead of objectives/<name>.yaml")
-    p.add_argument("--preset", help="backbone: resnet50 (the benchmark's), resnet18, tiny (model.preset)")
+    p.add_argument("--preset", help="backbone (model.preset): {presets}; resnet50 is the benchmark's")
     p.add_argument("--steps", type=int, help="trainer.steps")
     p.add_argument("--batch-size", type=int, help="global batch (trainer.batch_size)")
     p.add_argument("--save-every", type=int, help="trainer.save_every")
@@ -341,30 +398,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "finetune", help="fine-tune an encoder on a split's games and seeds; write results records"
     )
-    p.add_argument("--protocol", required=True, help="offline_bc | rainbow (finetune/<protocol>.yaml)")
+    p.add_argument("--protocol", required=True, help="{protocols} (finetune/<protocol>.yaml)")
     p.add_argument(
         "--encoder",
         required=True,
         nargs="+",
         help="exported encoder.safetensors files and/or baselines (random, e2e): their jobs share the workers",
     )
-    p.add_argument(
-        "--split", required=True, nargs="+", help="id | near_ood | far_ood, one or more (eval/<split>.yaml)"
-    )
+    p.add_argument("--split", required=True, nargs="+", help="one or more of {splits} (eval/<split>.yaml)")
     p.add_argument("--games", nargs="+", help="a subset of the splits' games (default: all of them)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--results", type=Path, default=Path("results"), help="results directory")
     p.add_argument("--data", type=Path, help="shard directory of the games' offline data (offline_bc)")
     p.add_argument("--workers", type=int, default=1, help="(game, seed) jobs run at once")
     p.add_argument("--method", help="the name in the tables (default: the encoder's objective or baseline)")
-    p.add_argument("--preset", default="resnet50", help="backbone of the random / e2e baselines")
+    p.add_argument("--preset", default="resnet50", help="backbone of the random / e2e baselines: {presets}")
     p.add_argument("--episodes", type=int, help="evaluation episodes per game and seed (eval/<split>.yaml)")
     p.add_argument("--eval-envs", type=int, help="parallel evaluation environments")
     p.add_argument(
         "--save-agent",
         action="store_true",
-        help="rainbow: keep each trained agent in <results>/<method>/rainbow/<game>/agents/ "
-        "(for collect --policy eps-greedy:<agent>)",
+        help="keep each trained agent in <results>/<method>/<protocol>/<game>/agents/ "
+        "(for collect --policy eps-greedy:<agent>; protocols that can save agents, e.g. rainbow)",
     )
     p.set_defaults(func=cmd_finetune)
 
@@ -391,10 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="aggregate results records of one split (rliable) into a Markdown table")
     p.add_argument("--results", type=Path, required=True, help="results directory of fine-tuning records")
-    p.add_argument("--split", required=True, help="id, near_ood or far_ood")
-    p.add_argument(
-        "--protocol", nargs="+", help="offline_bc and/or rainbow (default: every one with results)"
-    )
+    p.add_argument("--split", required=True, help="{splits}")
+    p.add_argument("--protocol", nargs="+", help="some of {protocols} (default: every one with results)")
     p.add_argument("--normalization", default="dqn", help="dqn (default) or human (ID and Near-OOD only)")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap replications for the 95%% CIs")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -416,6 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rest, overrides = _split_overrides(argv)
     args = build_parser().parse_args(rest)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.config_root is not None:
+        os.environ[CONFIG_ROOT_ENV] = str(args.config_root)  # worker processes inherit it
     try:
         return args.func(args, overrides)
     except AtariPBError as err:

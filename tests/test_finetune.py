@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 from atari_pb.data.ingest import ingest
 from atari_pb.data.replay_format import replay_file
 from atari_pb.eval.records import read_records
-from atari_pb.finetune.policy import load_agent
 from atari_pb.games import get_game
+from atari_pb.models.agent import load_agent
 from atari_pb.models.encoder import Encoder, ModelConfig, export_encoder
 from tests.conftest import load_source, one_error_line, run_cli
 
@@ -28,7 +28,8 @@ REQUIRED = {
     "seed",
     "score",
     "episodes",
-    "steps",
+    "gradient_steps",
+    "env_steps",
     "encoder_sha256",
     "config",
 }
@@ -68,7 +69,7 @@ def test_offline_bc_sweep_writes_records_and_skips_finished_ones(encoder_file, s
     for path in sorted(results.glob("*/*/*/seed*.json")):
         raw = json.loads(path.read_text())
         assert REQUIRED <= raw.keys()
-        assert raw["episodes"] == 2 and raw["steps"] == 5
+        assert raw["episodes"] == 2 and raw["gradient_steps"] == 5 and raw["env_steps"] == 0
         assert raw["score"] == pytest.approx(np.mean(raw["episode_scores"]))
         assert raw["config"]["eval"]["env"]["horizon"] == 150  # the eval. override reached the rollouts
     first = {p: p.read_bytes() for p in results.rglob("seed*.json")}
@@ -98,7 +99,8 @@ def test_rainbow_through_the_command_line(rainbow_run):
         "far_ood",
         "surround",
     )
-    assert record.steps == 240 and record.episodes == 2 and record.encoder_sha256 == ""
+    assert record.env_steps == 240 and record.episodes == 2 and record.encoder_sha256 == ""
+    assert record.gradient_steps == 240 - 120 + 1  # QUICK_RAINBOW: one update a step from the 120th
     assert record.config["protocol"]["train"]["env_steps"] == 240
     agent_file = rainbow_run / "random" / "rainbow" / "surround" / "agents" / "seed0.safetensors"
     agent, game = load_agent(agent_file)

@@ -8,9 +8,9 @@ import torch
 
 from atari_pb.augment import BatchRandom
 from atari_pb.data import ShardSet
+from atari_pb.models.ema import ema_update
 from atari_pb.models.encoder import Encoder
 from atari_pb.objectives import OBJECTIVES, objective_class
-from atari_pb.objectives.base import ema_update
 from atari_pb.pretrain.checkpoint import load_checkpoint, save_checkpoint
 from atari_pb.pretrain.config import load_pretrain_config, objective_yaml
 
@@ -65,8 +65,7 @@ def test_loss_falls_on_a_fixed_batch(name, shards):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 10.0)
         optimizer.step()
-        for online, target in objective.ema_pairs():
-            ema_update(target, online, objective.ema_tau(step / STEPS))
+        ema_update(objective.ema_pairs(), objective.ema_tau(step / STEPS))
         losses.append(loss.item())
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < first - 0.1 * abs(first), f"{name}: loss {first:.4f} -> {last:.4f} did not fall"

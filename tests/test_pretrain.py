@@ -236,9 +236,12 @@ def test_accumulation_and_channels_last_follow_the_plain_run(shard_dir, tmp_path
     torch.manual_seed(0)
     init = {f"encoder.{k}": v for k, v in Encoder(ModelConfig(preset="tiny")).state_dict().items()}
     update = torch.cat([(plain[k] - init[k]).flatten() for k in init]).norm()
-    for label in ("accumulate", "channels_last"):
+    # channels_last runs other convolution kernels: their ~1e-6 relative differences in the gradients become
+    # up to lr-sized steps where Adam normalises a near-zero gradient, so after 4 steps the weights may differ
+    # by ~0.5% of the update (the 8-channel tiny stem); a wrong layout would differ by the update's order
+    for label, tolerance in (("accumulate", 1e-3), ("channels_last", 1e-2)):
         other = weights(runs[label])
         diff = torch.cat(
             [(plain[k] - other[k]).flatten() for k in plain if plain[k].is_floating_point()]
         ).norm()
-        assert diff < 1e-3 * update, (label, diff, update)
+        assert diff < tolerance * update, (label, diff, update)

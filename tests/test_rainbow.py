@@ -205,10 +205,11 @@ def test_priorities_drive_sampling():
 
 
 # ---------------------------------------------------------------------------------------------- agent
-def tiny_agent(**overrides) -> RainbowAgent:
+def tiny_agent(train_backbone: bool = False, **overrides) -> RainbowAgent:
     torch.manual_seed(0)
     cfg = dataclasses.replace(AgentConfig(), **overrides)
-    return RainbowAgent(Encoder(ModelConfig(preset="tiny")), num_actions=3, cfg=cfg, seed=0)
+    encoder = Encoder(ModelConfig(preset="tiny"))
+    return RainbowAgent(encoder, num_actions=3, cfg=cfg, seed=0, train_backbone=train_backbone)
 
 
 def hand_batch(obs_a: np.ndarray, obs_b: np.ndarray, b: int = 16) -> ReplayBatch:
@@ -266,7 +267,7 @@ def test_c51_update_moves_toward_the_projected_target(one_thread):
 def test_e2e_trains_the_backbone_and_importance_weights_scale_the_loss(one_thread):
     rng = np.random.default_rng(1)
     batch = hand_batch(*rng.integers(0, 256, (2, 4, 84, 84), dtype=np.uint8))
-    agent = tiny_agent(freeze_backbone=False)
+    agent = tiny_agent(train_backbone=True)
     before = [p.clone() for p in agent.backbone.parameters()]
     agent.update(batch, batch.weights)
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.backbone.parameters()))
@@ -283,7 +284,7 @@ def test_e2e_trains_the_backbone_and_importance_weights_scale_the_loss(one_threa
 def test_config_yaml_holds_the_reference_protocol():
     from omegaconf import OmegaConf
 
-    from atari_pb.finetune.rainbow import FINETUNE_DIR
+    from atari_pb.config import config_file
 
     cfg = load_rainbow_config()
     a, r, t = cfg.agent, cfg.replay, cfg.train
@@ -292,12 +293,14 @@ def test_config_yaml_holds_the_reference_protocol():
     assert (r.priority_exponent, r.beta_start, r.beta_end) == (0.5, 0.4, 1.0)
     assert (t.env_steps, t.learning_starts, t.updates_per_step, t.batch_size) == (50_000, 2_000, 2, 32)
     assert (t.eps_start, t.eps_end, t.eps_decay_steps) == (1.0, 0.01, 10_000)
-    assert cfg.env == EnvConfig() and a.freeze_backbone
+    assert cfg.env == EnvConfig()
     # the file spells out every field of every section
-    raw = OmegaConf.to_container(OmegaConf.load(FINETUNE_DIR / "rainbow.yaml"))
+    raw = OmegaConf.to_container(OmegaConf.load(config_file("finetune", "rainbow")))
     for section in dataclasses.fields(RainbowConfig):
         assert set(raw[section.name]) == {f.name for f in dataclasses.fields(getattr(cfg, section.name))}
-    assert load_rainbow_config(["agent.freeze_backbone=false", "train.num_envs=4"]).train.num_envs == 4
+    assert load_rainbow_config(["train.num_envs=4"]).train.num_envs == 4
+    with pytest.raises(UsageError, match="unknown key 'agent.freeze_backbone'"):  # e2e is not a config key
+        load_rainbow_config(["agent.freeze_backbone=false"])
 
 
 def test_config_unknown_key_is_an_error(tmp_path):

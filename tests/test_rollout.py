@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from atari_pb.core.policies import EpsilonGreedy, RandomPolicy
 from atari_pb.envs.atari import EnvConfig, make_vector_env, num_actions
 from atari_pb.errors import UsageError
 from atari_pb.eval.protocol import load_eval_config
-from atari_pb.eval.rollout import EvalResult, RandomPolicy, evaluate, quotas
+from atari_pb.eval.rollout import EvalResult, evaluate, quotas
 from atari_pb.games import SPLITS, all_games, split_games
 
 
@@ -24,7 +25,7 @@ def constant(action: int):
 
 
 def test_random_pong_scores_in_range():
-    r = evaluate(RandomPolicy(6, seed=0), "pong", episodes=4, num_envs=4)
+    r = evaluate(constant(0), "pong", episodes=4, num_envs=4, epsilon=1.0)  # random play
     assert isinstance(r, EvalResult) and r.scores.dtype == np.float64 and len(r.scores) == 4
     assert ((r.scores >= -21) & (r.scores <= 21)).all()
     assert r.mean <= -15  # random play loses almost every point
@@ -87,11 +88,21 @@ def test_policy_contract_errors():
         evaluate(constant(0), "pong", episodes=1, num_envs=1, epsilon=2.0)
 
 
-def test_random_policy():
-    obs = torch.zeros(5, 4, 84, 84, dtype=torch.uint8)
-    a = RandomPolicy(3, seed=1)(obs)
-    assert a.dtype == torch.int64 and a.shape == (5,) and ((a >= 0) & (a < 3)).all()
-    assert torch.equal(a, RandomPolicy(3, seed=1)(obs))
+def test_random_policy_draws_per_env_and_repeats():
+    """The shared random / epsilon-greedy draws: env i's actions come from its own seed only."""
+    three = RandomPolicy(3, seeds=[[1, 0], [1, 1], [1, 2]])
+    one = RandomPolicy(3, seeds=[[1, 1]])
+    a = np.stack([three.act(None) for _ in range(300)])  # across a block boundary (256 draws)
+    b = np.stack([one.act(None) for _ in range(300)])
+    assert a.dtype == np.int64 and a.shape == (300, 3) and ((a >= 0) & (a < 3)).all()
+    np.testing.assert_array_equal(a[:, 1], b[:, 0])
+    assert set(np.unique(a)) == {0, 1, 2}
+    calls = []
+    greedy = EpsilonGreedy(
+        lambda obs: calls.append(len(obs)) or np.full(len(obs), 7), 3, [[0, i] for i in range(4)]
+    )
+    acts = np.stack([greedy.act(np.zeros((4, 1)), 0.5) for _ in range(400)])
+    assert 0.4 < (acts == 7).mean() < 0.6 and sum(calls) == (acts == 7).sum()  # asked only for greedy rows
 
 
 def test_every_game_builds_and_steps():

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from atari_pb.core.policies import EpsilonGreedy, RandomPolicy
 from atari_pb.data.replay_format import FRAME_SHAPE, GzipNpyWriter, replay_file, run_dir, write_gz_npy
-from atari_pb.errors import UsageError
+from atari_pb.errors import DataError, UsageError
 from atari_pb.games import Game
 
 log = logging.getLogger(__name__)
@@ -54,25 +55,28 @@ def invalid_range(cursor: int, capacity: int) -> np.ndarray:
     )
 
 
-class RandomPolicy:
-    """Uniform over the game's minimal action set; one generator per run so runs are reproducible alone."""
-
-    def __init__(self, num_actions: int, seeds: Sequence[int]):
-        self.num_actions = num_actions
-        self.rngs = [np.random.default_rng(s) for s in seeds]
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        return np.array([rng.integers(self.num_actions) for rng in self.rngs], dtype=np.int32)
-
-
 def make_policy(cfg: CollectConfig, game: Game, num_actions: int, seeds: Sequence[int]):
+    """The policy of `collect.policy`, one generator per run (each run reproducible on its own); its
+    `act(obs)` gives the runs' actions."""
     if cfg.policy == "random":
         return RandomPolicy(num_actions, seeds)
     if cfg.policy.startswith("eps-greedy:"):
-        from atari_pb.finetune.policy import EpsGreedyPolicy
-
-        return EpsGreedyPolicy(agent_file(cfg.policy, game), game, num_actions, cfg.epsilon, seeds)
+        return _agent_policy(agent_file(cfg.policy, game), game, num_actions, cfg.epsilon, seeds)
     raise UsageError(f"unknown policy {cfg.policy!r}; valid policies: {', '.join(POLICIES)}")
+
+
+def _agent_policy(path: str, game: Game, num_actions: int, epsilon: float, seeds: Sequence[int]):
+    """A saved agent's greedy action with probability 1 - epsilon, else uniform."""
+    import torch
+
+    from atari_pb.models.agent import load_agent
+
+    agent, trained_on = load_agent(path)
+    if trained_on.name != game.name:
+        raise UsageError(f"agent {path} was trained on {trained_on.name}, not {game.name}")
+    if agent.num_actions != num_actions:
+        raise DataError(f"agent {path} has {agent.num_actions} actions; {game.name} has {num_actions}")
+    return EpsilonGreedy(lambda obs: agent.act(torch.from_numpy(obs)).numpy(), num_actions, seeds, epsilon)
 
 
 def check_policy(cfg: CollectConfig, games: Sequence[Game]) -> None:
@@ -84,7 +88,7 @@ def check_policy(cfg: CollectConfig, games: Sequence[Game]) -> None:
         raise UsageError(f"unknown policy {cfg.policy!r}; valid policies: {', '.join(POLICIES)}")
     if not 0.0 <= cfg.epsilon <= 1.0:
         raise UsageError(f"epsilon={cfg.epsilon}: must be within [0, 1]")
-    from atari_pb.finetune.policy import load_agent
+    from atari_pb.models.agent import load_agent
 
     for game in games:
         path = agent_file(cfg.policy, game)
@@ -155,7 +159,7 @@ def collect_game(
             try:
                 for i in range(n):
                     frames[:, i % _WRITE_BLOCK] = obs[:, -1]
-                    a = policy.act(obs)
+                    a = policy.act(obs).astype(np.int32)
                     obs, r, term, trunc, _ = env.step(a)
                     action[:, i], reward[:, i], terminal[:, i] = a, r, term | trunc
                     if (i + 1) % _WRITE_BLOCK == 0 or i + 1 == n:

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from atari_pb.errors import UsageError
-from atari_pb.eval.records import PROTOCOLS, ResultRecord
+from atari_pb.eval.records import ResultRecord
 from atari_pb.eval.scores import score_matrices
+from atari_pb.finetune.base import protocol_class, protocol_names
 from atari_pb.games import SPLITS, split_games
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def splits_with_results(records: Iterable[ResultRecord]) -> list[str]:
 
 def protocols_with_results(records: Iterable[ResultRecord], split: str) -> list[str]:
     present = {r.protocol for r in records if r.split == split}
-    return [p for p in PROTOCOLS if p in present]
+    return [p for p in protocol_names() if p in present]
 
 
 def aggregate(
@@ -112,8 +113,7 @@ def aggregate(
         )
     available = protocols_with_results(records, split)
     for protocol in protocols or ():
-        if protocol not in PROTOCOLS:
-            raise UsageError(f"unknown protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
+        protocol_class(protocol)  # an unknown name: one line with the valid ones
         if protocol not in available:
             raise UsageError(
                 f"no results for protocol {protocol} on split {split}; "

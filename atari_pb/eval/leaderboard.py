@@ -340,6 +340,77 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def _protocol_figures(
+    records: Sequence[ResultRecord],
+    split: str,
+    protocol: str,
+    dqn_rows: list[dict[str, Any]],
+    human_rows: list[dict[str, Any]],
+    out: Path,
+    reps: int,
+    seed: int,
+) -> list[tuple[Path, str]]:
+    """The figures of one (split, protocol): (file, caption) pairs."""
+    title = f"{SPLIT_TITLES[split]}, {protocol}"
+    rows = [r for r in dqn_rows if r["protocol"] == protocol]
+    figures = [
+        (
+            plot_interval_figure(
+                rows, out / f"interval_estimates_{split}_{protocol}.png", "DQN-normalised score"
+            ),
+            f"{title}: aggregates with 95% CIs (DQN-normalised)",
+        )
+    ]
+    hrows = [r for r in human_rows if r["protocol"] == protocol]
+    if hrows:
+        path = out / f"interval_estimates_{split}_{protocol}_human.png"
+        figures.append(
+            (
+                plot_interval_figure(hrows, path, "Human-normalised score"),
+                f"{title}: aggregates with 95% CIs (human-normalised)",
+            )
+        )
+    matrices = score_matrices(records, split, protocol, "dqn")
+    order = [r["method"] for r in rows]  # best IQM first
+    ranked = {m: matrices.scores[m] for m in order}
+    profiles = performance_profiles(ranked, reps=reps, seed=seed)
+    path = out / f"performance_profile_{split}_{protocol}.png"
+    figures.append(
+        (
+            plot_profile_figure(profiles, path, "DQN-normalised score", title),
+            f"{title}: performance profiles (fraction of runs above tau)",
+        )
+    )
+    if len(order) >= 2:
+        probabilities = probability_of_improvement(ranked, reps=reps, seed=seed)
+        path = out / f"probability_of_improvement_{split}_{protocol}.png"
+        figures.append(
+            (
+                plot_improvement_figure(probabilities, path, title),
+                f"{title}: probability of improvement P(X > Y)",
+            )
+        )
+    return figures
+
+
+def _markdown_page(sections: list[dict[str, Any]], reps: int, seed: int) -> str:
+    md = ["# Atari-PB leaderboard", ""]
+    md.append(
+        f"Point estimate [{CONFIDENCE:.0%} stratified-bootstrap CI], {reps} bootstrap replications, seed {seed}."
+    )
+    for sec in sections:
+        md += ["", f"## {SPLIT_TITLES[sec['split']]}", "", f"### {SCALE_TITLES['dqn']}", ""]
+        md.append(markdown_table(sec["dqn"]))
+        if sec["human"]:
+            md += [f"### {SCALE_TITLES['human']}", "", markdown_table(sec["human"])]
+        for protocol, figures in sec["figures"].items():
+            md.append(
+                f"Figures ({protocol}): " + ", ".join(f"[{caption}]({name})" for name, caption in figures)
+            )
+            md.append("")
+    return "\n".join(md).rstrip() + "\n"
+
+
 def write_leaderboard(
     records: Sequence[ResultRecord], out: Path, reps: int = 2000, seed: int = 0
 ) -> list[Path]:
@@ -363,55 +434,17 @@ def write_leaderboard(
         all_human += human_rows
         figures: dict[str, list[tuple[str, str]]] = {}
         for protocol in protocols_with_results(records, split):
-            title = f"{SPLIT_TITLES[split]}, {protocol}"
-            rows = [r for r in dqn_rows if r["protocol"] == protocol]
-            listed = figures.setdefault(protocol, [])
-            name = f"interval_estimates_{split}_{protocol}.png"
-            written.append(plot_interval_figure(rows, out / name, "DQN-normalised score"))
-            listed.append((name, f"{title}: aggregates with 95% CIs (DQN-normalised)"))
-            hrows = [r for r in human_rows if r["protocol"] == protocol]
-            if hrows:
-                name = f"interval_estimates_{split}_{protocol}_human.png"
-                written.append(plot_interval_figure(hrows, out / name, "Human-normalised score"))
-                listed.append((name, f"{title}: aggregates with 95% CIs (human-normalised)"))
-            matrices = score_matrices(records, split, protocol, "dqn")
-            order = [r["method"] for r in rows]  # best IQM first
-            ranked = {m: matrices.scores[m] for m in order}
-            name = f"performance_profile_{split}_{protocol}.png"
-            profiles = performance_profiles(ranked, reps=reps, seed=seed)
-            written.append(plot_profile_figure(profiles, out / name, "DQN-normalised score", title))
-            listed.append((name, f"{title}: performance profiles (fraction of runs above tau)"))
-            if len(order) >= 2:
-                name = f"probability_of_improvement_{split}_{protocol}.png"
-                probabilities = probability_of_improvement(ranked, reps=reps, seed=seed)
-                written.append(plot_improvement_figure(probabilities, out / name, title))
-                listed.append((name, f"{title}: probability of improvement P(X > Y)"))
+            made = _protocol_figures(records, split, protocol, dqn_rows, human_rows, out, reps, seed)
+            written += [path for path, _ in made]
+            figures[protocol] = [(path.name, caption) for path, caption in made]
         sections.append({"split": split, "dqn": dqn_rows, "human": human_rows, "figures": figures})
 
-    written.append(
-        _write(
-            out / "leaderboard.csv",
-            _csv_text((*CSV_COLUMNS, *CSV_EXTRA_COLUMNS), csv_rows(all_dqn, all_human)),
-        )
-    )
+    csv = _csv_text((*CSV_COLUMNS, *CSV_EXTRA_COLUMNS), csv_rows(all_dqn, all_human))
+    written.append(_write(out / "leaderboard.csv", csv))
     written.append(_write(out / "scores.csv", _csv_text(SCORES_COLUMNS, score_rows(records))))
     written.append(_write(out / "leaderboard.tex", latex_table(all_dqn, "dqn")))
     written.append(_write(out / "leaderboard_human.tex", latex_table(all_human, "human")))
-    md = ["# Atari-PB leaderboard", ""]
-    md.append(
-        f"Point estimate [{CONFIDENCE:.0%} stratified-bootstrap CI], {reps} bootstrap replications, seed {seed}."
-    )
-    for sec in sections:
-        md += ["", f"## {SPLIT_TITLES[sec['split']]}", "", f"### {SCALE_TITLES['dqn']}", ""]
-        md.append(markdown_table(sec["dqn"]))
-        if sec["human"]:
-            md += [f"### {SCALE_TITLES['human']}", "", markdown_table(sec["human"])]
-        for protocol, figures in sec["figures"].items():
-            md.append(
-                f"Figures ({protocol}): " + ", ".join(f"[{caption}]({name})" for name, caption in figures)
-            )
-            md.append("")
-    written.append(_write(out / "leaderboard.md", "\n".join(md).rstrip() + "\n"))
+    written.append(_write(out / "leaderboard.md", _markdown_page(sections, reps, seed)))
     written.append(_write(out / "index.html", html_page(sections, reps, seed, len(records))))
     log.debug("leaderboard: %d files in %s", len(written), out)
     return written

@@ -14,12 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from atari_pb.config import load_config
+from atari_pb.config import config_file, load_config
 from atari_pb.envs.atari import EnvConfig
 from atari_pb.errors import UsageError
 from atari_pb.games import SPLITS, get_game, split_games
-
-EVAL_DIR = Path(__file__).resolve().parents[2] / "eval"
 
 
 @dataclass
@@ -35,7 +33,7 @@ class EvalConfig:
 def eval_yaml(split: str) -> Path:
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-    return EVAL_DIR / f"{split}.yaml"
+    return config_file("eval", split)
 
 
 def load_eval_config(split: str, overrides: Sequence[str] = ()) -> EvalConfig:

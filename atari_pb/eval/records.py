@@ -16,20 +16,20 @@ from typing import Any
 from atari_pb.errors import DataError, UsageError
 from atari_pb.games import SPLITS, get_game
 
-PROTOCOLS = ("offline_bc", "rainbow")
 REQUIRED = ("method", "protocol", "split", "game", "seed", "score")
 
 
 @dataclass
 class ResultRecord:
     method: str  # an encoder's name (e.g. "curl"), or a baseline: "random", "e2e"
-    protocol: str  # offline_bc | rainbow
+    protocol: str  # a registered fine-tuning protocol: offline_bc | rainbow | ...
     split: str  # id | near_ood | far_ood
     game: str
     seed: int
     score: float  # raw game score: mean over the evaluation episodes
     episodes: int = 0  # evaluation episodes behind `score`
-    steps: int = 0  # environment steps (rainbow) or gradient steps (offline_bc) of fine-tuning
+    gradient_steps: int = 0  # optimiser steps of fine-tuning
+    env_steps: int = 0  # agent steps in the environment while fine-tuning (0 for offline protocols)
     encoder_sha256: str = ""  # of the encoder file fine-tuned from ("" for baselines without one)
     config: dict[str, Any] = field(default_factory=dict)  # the fine-tuning run's whole configuration
     episode_scores: list[float] = field(default_factory=list)
@@ -56,8 +56,10 @@ def _check(doc: Any, path: Path) -> ResultRecord:
         raise DataError(f"{path}: missing keys {', '.join(missing)}; a record needs {', '.join(REQUIRED)}")
     known = set(ResultRecord.__dataclass_fields__)
     record = ResultRecord(**{k: v for k, v in doc.items() if k in known})
-    if record.protocol not in PROTOCOLS:
-        raise DataError(f"{path}: protocol {record.protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    from atari_pb.finetune.base import protocol_names
+
+    if record.protocol not in protocol_names():
+        raise DataError(f"{path}: protocol {record.protocol!r}; valid: {', '.join(protocol_names())}")
     if record.split not in SPLITS:
         raise DataError(f"{path}: split {record.split!r}; valid: {', '.join(SPLITS)}")
     try:

@@ -5,26 +5,27 @@ vector step, epsilon-greedy with per-env seeded generators, raw game scores.
     result.scores, result.mean
 
 A policy is any callable mapping a uint8 (N, 4, 84, 84) tensor of frame stacks to an int64 (N,) tensor of
-greedy actions (indices into the game's minimal action set), e.g. a fine-tuned agent's argmax.
+greedy actions (indices into the game's minimal action set), e.g. a fine-tuned agent's argmax. The
+random-score baseline is `epsilon=1.0`: every action uniform, the policy never called.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from atari_pb.core.episodes import EpisodeTracker
+from atari_pb.core.policies import EpsilonGreedy
 from atari_pb.envs.atari import EnvConfig, make_vector_env
 from atari_pb.errors import UsageError
 from atari_pb.games import Game, get_game
 
 Policy = Callable[[torch.Tensor], torch.Tensor]
-
-_BLOCK = 256  # epsilon draws made per env at a time: one generator call per env every _BLOCK steps
 
 
 @dataclass
@@ -38,45 +39,6 @@ class EvalResult:
     @property
     def mean(self) -> float:
         return float(self.scores.mean())
-
-
-class RandomPolicy:
-    """Uniformly random actions from its own seeded generator: the random-score baseline."""
-
-    def __init__(self, num_actions: int, seed: int = 0):
-        self.num_actions = num_actions
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.rng.integers(0, self.num_actions, len(obs), dtype=np.int64)).to(
-            obs.device
-        )
-
-
-@dataclass
-class _Explorer:
-    """Per-env epsilon draws. Each env has its own generator seeded from (seed, env index), so env i's
-    trajectory depends only on its emulator seed, its draws and the policy: not on how many envs run
-    beside it. Draws are made in blocks so that a step costs vectorised indexing, not a loop over envs."""
-
-    num_envs: int
-    num_actions: int
-    epsilon: float
-    seed: int
-    _rngs: list = field(init=False)
-    _t: int = field(init=False, default=_BLOCK)
-
-    def __post_init__(self) -> None:
-        self._rngs = [np.random.default_rng([self.seed, i]) for i in range(self.num_envs)]
-
-    def draw(self) -> tuple[np.ndarray, np.ndarray]:
-        """(explore (N,) bool, random actions (N,) int64) for the next step."""
-        if self._t == _BLOCK:
-            self._u = np.stack([r.random(_BLOCK) for r in self._rngs], axis=1)
-            self._a = np.stack([r.integers(0, self.num_actions, _BLOCK) for r in self._rngs], axis=1)
-            self._t = 0
-        t, self._t = self._t, self._t + 1
-        return self._u[t] < self.epsilon, self._a[t]
 
 
 def quotas(episodes: int, num_envs: int) -> np.ndarray:
@@ -131,45 +93,34 @@ def evaluate(
     scores = np.zeros((int(quota[0]), n), np.float64)  # [k, i]: env i's k-th episode
     lengths = np.zeros((int(quota[0]), n), np.int64)
     finished = np.zeros(n, np.int64)
-    running = np.zeros(n, np.float64)
-    running_len = np.zeros(n, np.int64)
+    tracker = EpisodeTracker(n)
     order = np.arange(n)
     steps = 0
 
     t0 = time.perf_counter()
     vec, obs = make_vector_env(game, n, env, seed, num_threads)
     setup_seconds = time.perf_counter() - t0
-    explorer = _Explorer(n, int(vec.single_action_space.n), epsilon, seed)
+    # env i's epsilon draws come from its own generator, seeded (seed, i)
+    explorer = EpsilonGreedy(
+        lambda rows: _act(policy, rows, device), int(vec.single_action_space.n), [[seed, i] for i in range(n)]
+    )
     try:
         with torch.no_grad(), tqdm(total=episodes, desc=f"eval {game.name}", unit="ep", disable=None) as bar:
             while True:
                 active = finished < quota
                 if not active.any():
                     break
-                explore, actions = explorer.draw()
-                greedy = active & ~explore
-                if greedy.all():
-                    actions = _act(policy, obs, device, n)
-                elif greedy.any():
-                    rows = np.flatnonzero(greedy)
-                    actions = actions.copy()
-                    actions[rows] = _act(policy, obs[rows], device, len(rows))
+                actions = explorer.act(obs, epsilon, active)
                 obs, reward, term, trunc, info = vec.step(actions)
                 if not np.array_equal(info["env_id"], order):  # sync mode returns envs in order; be sure
                     perm = np.argsort(info["env_id"])
                     obs, reward, term, trunc = obs[perm], reward[perm], term[perm], trunc[perm]
                 steps += n
-                running += reward
-                running_len += 1
-                ended = term | trunc
-                if ended.any():
-                    for i in np.flatnonzero(ended & active):  # a few envs per step at most
-                        scores[finished[i], i] = running[i]
-                        lengths[finished[i], i] = running_len[i]
+                for i, score, length in tracker.step(reward, term | trunc):
+                    if active[i]:
+                        scores[finished[i], i], lengths[finished[i], i] = score, length
                         finished[i] += 1
                         bar.update(1)
-                    running[ended] = 0.0
-                    running_len[ended] = 0
     finally:
         vec.close()
     seconds = time.perf_counter() - t0
@@ -177,10 +128,10 @@ def evaluate(
     return EvalResult(scores[counted], lengths[counted], steps, seconds, setup_seconds)
 
 
-def _act(policy: Policy, obs: np.ndarray, device: str | torch.device, n: int) -> np.ndarray:
+def _act(policy: Policy, obs: np.ndarray, device: str | torch.device) -> np.ndarray:
     out = policy(torch.from_numpy(obs).to(device))
-    if out.shape != (n,):
+    if out.shape != (len(obs),):
         raise ValueError(
-            f"the policy returned shape {tuple(out.shape)} for {n} observations; expected ({n},)"
+            f"the policy returned shape {tuple(out.shape)} for {len(obs)} observations; expected ({len(obs)},)"
         )
     return out.to("cpu", torch.int64).numpy()

@@ -5,11 +5,12 @@ the neck and a linear action head are re-initialised; AdamW minimises the cross-
 actions over the game's shards (DQN-Replay runs 1-5, checkpoint 50, 10k transitions each: 100 epochs in
 the reference). Held-out runs, when configured, give the action accuracy on logged data the agent never
 trained on. The trained agent then plays the game (see atari_pb.eval.rollout).
+
+Registered as the `offline_bc` protocol (finetune/offline_bc.yaml); `train_backbone=True` is `e2e`.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -18,16 +19,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
 from atari_pb.augment import BatchRandom, augment
-from atari_pb.config import load_config
+from atari_pb.core.device import pick_device
 from atari_pb.data import SampleSpec, ShardSet, ShardStream, make_loader
+from atari_pb.envs.atari import num_actions as game_actions
 from atari_pb.errors import UsageError
+from atari_pb.finetune.base import FinetuneResult, FinetuneTask, Protocol, load_protocol_config, register
 from atari_pb.games import Game
+from atari_pb.models.agent import AgentNet, build_agent_net
 from atari_pb.models.encoder import Encoder
-from atari_pb.models.layers import SpatialMLPNeck
 
 log = logging.getLogger(__name__)
 
@@ -56,59 +58,33 @@ class OfflineBCConfig:
     train: BCTrainConfig = field(default_factory=BCTrainConfig)
 
 
-FINETUNE_DIR = Path(__file__).resolve().parents[2] / "finetune"
-
-
 def load_offline_bc_config(overrides: Sequence[str] = (), path: str | Path | None = None) -> OfflineBCConfig:
     """finetune/offline_bc.yaml (or `path`) over the defaults, then `key=value` overrides."""
-    if path is None and (FINETUNE_DIR / "offline_bc.yaml").is_file():
-        path = FINETUNE_DIR / "offline_bc.yaml"
-    cfg = load_config(OfflineBCConfig, path, overrides)
+    return load_protocol_config("offline_bc", overrides, path)
+
+
+def check(cfg: OfflineBCConfig) -> None:
     if cfg.train.batch_size < 1 or cfg.train.epochs <= 0:
         raise UsageError(
             f"train.batch_size and train.epochs must be positive (got {cfg.train.batch_size}, {cfg.train.epochs})"
         )
-    return cfg
-
-
-class BCAgent(nn.Module):
-    """Encoder (frozen backbone, fresh neck) + linear head over the game's minimal action set."""
-
-    def __init__(self, encoder: Encoder, num_actions: int, game_id: int, train_backbone: bool = False):
-        super().__init__()
-        self.backbone = copy.deepcopy(encoder.backbone).requires_grad_(train_backbone)
-        self.train_backbone = train_backbone
-        self.neck = SpatialMLPNeck(encoder.neck.in_shape, encoder.cfg.neck_dims())  # re-initialised
-        self.head = nn.Linear(self.neck.out_dim, num_actions)
-        self.register_buffer("game_id", torch.tensor(game_id), persistent=False)
-
-    def logits(self, obs: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, F, 84, 84), or float in [0, 1] -> (B, actions)."""
-        with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
-            features = self.backbone(obs)
-        return self.head(self.neck(features, self.game_id.expand(len(obs))))
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """Greedy actions (B,) for evaluation rollouts."""
-        return self.logits(obs).argmax(-1)
 
 
 @dataclass
 class BCResult:
-    agent: BCAgent
+    agent: AgentNet  # its `act(obs)` gives greedy actions
     steps: int
     train_accuracy: float
     holdout_accuracy: float | None
     seconds: float
 
 
-def accuracy(agent: BCAgent, shards: ShardSet, samples: int, seed: int, device: torch.device) -> float:
+def accuracy(agent: AgentNet, shards: ShardSet, samples: int, seed: int, device: torch.device) -> float:
     """Share of logged actions the agent's greedy choice matches, on `samples` random transitions."""
     batch = shards.sample(samples, n_step=0, seed=seed)
     agent.eval()
     with torch.no_grad():
-        pred = agent.logits(batch["obs"][:, 0].to(device)).argmax(-1).cpu()
+        pred = agent(batch["obs"][:, 0].to(device)).argmax(-1).cpu()
     agent.train()
     return (pred == batch["action"][:, 0]).float().mean().item()
 
@@ -123,9 +99,7 @@ def train_offline_bc(
     train_backbone: bool = False,
     progress: bool = True,
 ) -> BCResult:
-    from atari_pb.pretrain.runner import pick_device  # the same device rule as pre-training
-
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, "train.device")
     torch.manual_seed(seed)
     all_runs = ShardSet(shards_dir, games=[game.name])
     runs = sorted({s.run for s in all_runs.shards})
@@ -137,7 +111,7 @@ def train_offline_bc(
     shards = ShardSet(shards_dir, games=[game.name], runs=train_runs)
     held = ShardSet(shards_dir, games=[game.name], runs=cfg.holdout_runs) if cfg.holdout_runs else None
 
-    agent = BCAgent(encoder, num_actions, game.game_id, train_backbone).to(device)
+    agent = build_agent_net(encoder, num_actions, train_backbone).to(device)
     params = [p for p in agent.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
@@ -151,7 +125,7 @@ def train_offline_bc(
     for step, batch in enumerate(make_loader(stream, num_workers=cfg.loader_threads)):
         obs, action = batch["obs"][:, 0].to(device), batch["action"][:, 0].to(device)
         x = augment(obs, BatchRandom.for_batch(seed, step, len(obs), device)) if cfg.augment else obs
-        loss = F.cross_entropy(agent.logits(x), action)
+        loss = F.cross_entropy(agent(x), action)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -175,3 +149,33 @@ def train_offline_bc(
         result.holdout_accuracy,
     )
     return result
+
+
+@register
+class OfflineBC(Protocol):
+    """Behaviour cloning of the game's logged actions (Atari-PB's offline BC protocol)."""
+
+    name = "offline_bc"
+    Config = OfflineBCConfig
+    needs_data = True
+
+    @staticmethod
+    def check(cfg: OfflineBCConfig) -> None:
+        check(cfg)
+
+    @staticmethod
+    def train(cfg: OfflineBCConfig, task: FinetuneTask) -> FinetuneResult:
+        r = train_offline_bc(
+            task.game,
+            task.encoder,
+            task.data,
+            game_actions(task.game),
+            cfg.train,
+            task.seed,
+            task.train_backbone,
+            task.progress,
+        )
+        summary = {"train_accuracy": r.train_accuracy, "holdout_accuracy": r.holdout_accuracy}
+        return FinetuneResult(
+            r.agent, gradient_steps=r.steps, env_steps=0, seconds=r.seconds, summary=summary
+        )

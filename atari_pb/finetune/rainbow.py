@@ -10,11 +10,12 @@ Atari-PB, which explores and evaluates with the target network).
     cfg = load_rainbow_config(["train.env_steps=10000"])
     result = train_rainbow(get_game("freeway"), load_encoder("enc.safetensors"), cfg, seed=0)
     result.agent.act(obs_uint8)      # greedy actions, e.g. for atari_pb.eval.rollout
+
+Registered as the `rainbow` protocol (finetune/rainbow.yaml); `train_backbone=True` is the `e2e` baseline.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,16 +27,19 @@ from torch import nn
 from tqdm import tqdm
 
 from atari_pb.augment import BatchRandom, augment
-from atari_pb.config import load_config
+from atari_pb.core.device import pick_device
+from atari_pb.core.episodes import EpisodeTracker
+from atari_pb.core.policies import EpsilonGreedy
+from atari_pb.core.timing import NO_TIMING, Sections
 from atari_pb.envs.atari import EnvConfig, make_vector_env
 from atari_pb.errors import UsageError
+from atari_pb.finetune.base import FinetuneResult, FinetuneTask, Protocol, load_protocol_config, register
 from atari_pb.finetune.replay import PrioritizedReplay, ReplayBatch
 from atari_pb.games import Game
-from atari_pb.models.distributional import project_distribution, select_greedy
+from atari_pb.models.agent import AgentNet, build_agent_net, save_agent
+from atari_pb.models.distributional import project_distribution, q_values, select_greedy
+from atari_pb.models.ema import ema_update, make_target
 from atari_pb.models.encoder import Encoder
-from atari_pb.models.layers import SpatialMLPNeck
-
-FINETUNE_DIR = Path(__file__).resolve().parents[2] / "finetune"
 
 
 @dataclass
@@ -54,7 +58,6 @@ class AgentConfig:
     grad_clip: float = 10.0  # max gradient norm; 0 = no clipping
     augment: bool = True  # random shift + intensity on the observation ...
     augment_target: bool = True  # ... and on the n-step successor the target is computed from
-    freeze_backbone: bool = True  # false: the `e2e` baseline trains the backbone too
     act_with: str = "target"  # target | online: the network that explores and plays (Atari-PB: target)
     life_loss_terminal: bool = True  # a lost life ends n-step returns (learning only; the game goes on)
 
@@ -97,12 +100,7 @@ class RainbowConfig:
 
 def load_rainbow_config(overrides: Sequence[str] = (), path: str | Path | None = None) -> RainbowConfig:
     """finetune/rainbow.yaml (or `path`) over the defaults, then `key=value` overrides."""
-    if path is None:
-        default = FINETUNE_DIR / "rainbow.yaml"
-        path = default if default.is_file() else None
-    cfg = load_config(RainbowConfig, path, overrides)
-    check(cfg)
-    return cfg
+    return load_protocol_config("rainbow", overrides, path)
 
 
 def check(cfg: RainbowConfig) -> None:
@@ -129,7 +127,8 @@ def linear(start: float, end: float, progress: float) -> float:
 
 
 class RainbowAgent(nn.Module):
-    """Backbone (from the encoder) + re-initialised neck + C51 head, with an EMA target copy and Adam.
+    """The online network (backbone from the encoder + fresh neck + C51 head, atari_pb.models.agent) with an
+    EMA target copy and Adam.
 
     With a frozen backbone the target shares it (an EMA of a constant is the constant), so the backbone
     runs once per update, on the observations and their successors together.
@@ -142,29 +141,38 @@ class RainbowAgent(nn.Module):
         cfg: AgentConfig,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        train_backbone: bool = False,
     ):
         super().__init__()
         self.cfg, self.num_actions, self.seed = cfg, num_actions, seed
-        self.model_cfg = encoder.cfg  # what a saved agent needs to rebuild its backbone
-        self.train_backbone = not cfg.freeze_backbone
-        self.backbone = copy.deepcopy(encoder.backbone).requires_grad_(self.train_backbone)
-        # a fresh neck with a single spatial embedding: the per-game neck of Atari-PB restricted to the
-        # one game being fine-tuned (its other rows would never receive a gradient)
-        self.neck = SpatialMLPNeck(encoder.neck.in_shape, encoder.cfg.neck_dims(), num_games=1)
-        self.head = nn.Linear(self.neck.out_dim, num_actions * cfg.num_atoms)
-        self.target_neck = copy.deepcopy(self.neck).requires_grad_(False)
-        self.target_head = copy.deepcopy(self.head).requires_grad_(False)
-        self.target_backbone = (
-            copy.deepcopy(self.backbone).requires_grad_(False) if self.train_backbone else self.backbone
+        self.train_backbone = train_backbone
+        self.online = build_agent_net(encoder, num_actions * cfg.num_atoms, train_backbone)
+        self.target = AgentNet(
+            make_target(self.online.backbone) if train_backbone else self.online.backbone,
+            make_target(self.online.neck),
+            make_target(self.online.head),
+            train_backbone=False,
         )
+        self.target.model_cfg = encoder.cfg
         self.register_buffer("support", torch.linspace(cfg.v_min, cfg.v_max, cfg.num_atoms), persistent=False)
         self.to(device)
-        self.online_params = [p for p in self.parameters() if p.requires_grad]
+        self.online_params = [p for p in self.online.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.online_params, lr=cfg.lr, eps=cfg.adam_eps)
-        self.ema_pairs = [(self.target_neck, self.neck), (self.target_head, self.head)]
-        if self.train_backbone:
-            self.ema_pairs.append((self.target_backbone, self.backbone))
+        parts = ("neck", "head", "backbone") if train_backbone else ("neck", "head")
+        self.ema_pairs = [(getattr(self.online, p), getattr(self.target, p)) for p in parts]
         self.updates = 0
+
+    # the parts by name, for readers and tests
+    backbone = property(lambda self: self.online.backbone)
+    neck = property(lambda self: self.online.neck)
+    head = property(lambda self: self.online.head)
+    target_backbone = property(lambda self: self.target.backbone)
+    target_neck = property(lambda self: self.target.neck)
+    target_head = property(lambda self: self.target.head)
+
+    @property
+    def acting_net(self) -> AgentNet:
+        return self.target if self.cfg.act_with == "target" else self.online
 
     @property
     def device(self) -> torch.device:
@@ -172,18 +180,15 @@ class RainbowAgent(nn.Module):
 
     def features(self, x: torch.Tensor, target: bool = False) -> torch.Tensor:
         """uint8 stacks or augmented floats in [0, 1] -> backbone features."""
-        backbone = self.target_backbone if target else self.backbone
-        with torch.set_grad_enabled(self.train_backbone and not target and torch.is_grad_enabled()):
-            return backbone(x)
+        return (self.target if target else self.online).features(x)
 
     def logits(self, features: torch.Tensor, target: bool = False) -> torch.Tensor:
         """Backbone features -> (B, actions, atoms) logits of the return distributions."""
-        neck, head = (self.target_neck, self.target_head) if target else (self.neck, self.head)
-        z = neck(features, torch.zeros(len(features), dtype=torch.long, device=features.device))
-        return head(z).view(-1, self.num_actions, self.cfg.num_atoms)
+        net = self.target if target else self.online
+        return net.from_features(features).view(-1, self.num_actions, self.cfg.num_atoms)
 
     def q_values(self, logits: torch.Tensor) -> torch.Tensor:
-        return (logits.softmax(-1) * self.support).sum(-1)
+        return q_values(logits, self.support)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
@@ -191,6 +196,16 @@ class RainbowAgent(nn.Module):
         target = self.cfg.act_with == "target"
         obs = torch.as_tensor(obs).to(self.device)
         return self.q_values(self.logits(self.features(obs, target), target)).argmax(-1)
+
+    def save(self, game: Game, path: str | Path) -> Path:
+        """The acting network as an agent file (`collect --policy eps-greedy:<path>`)."""
+        head = {
+            "kind": "c51",
+            "num_atoms": self.cfg.num_atoms,
+            "v_min": self.cfg.v_min,
+            "v_max": self.cfg.v_max,
+        }
+        return save_agent(self.acting_net, game, path, self.num_actions, head)
 
     def update(
         self, batch: ReplayBatch, weights: np.ndarray | torch.Tensor
@@ -248,14 +263,8 @@ class RainbowAgent(nn.Module):
         metrics = {"loss": loss.item(), "q": q_taken.mean().item(), "grad_norm": float(grad_norm)}
         return loss_per_sample.detach(), metrics
 
-    @torch.no_grad()
     def update_target(self) -> None:
-        tau = self.cfg.target_tau
-        for target, online in self.ema_pairs:
-            for t, o in zip(target.parameters(), online.parameters()):
-                t.lerp_(o, 1.0 - tau)
-            for t, o in zip(target.buffers(), online.buffers()):
-                t.copy_(o)
+        ema_update(self.ema_pairs, self.cfg.target_tau)
 
 
 @dataclass
@@ -270,33 +279,42 @@ class TrainResult:
 
 
 def train_rainbow(
-    game: Game, encoder: Encoder, cfg: RainbowConfig, seed: int, progress: bool = True
+    game: Game,
+    encoder: Encoder,
+    cfg: RainbowConfig,
+    seed: int,
+    progress: bool = True,
+    train_backbone: bool = False,
+    sections: Sections = NO_TIMING,
 ) -> TrainResult:
     """Fine-tune a Rainbow agent on `game` for cfg.train.env_steps agent steps from `encoder` (which is
-    only read: the agent copies the backbone and re-initialises neck and head)."""
-    from atari_pb.pretrain.runner import pick_device  # the same device rule as pre-training
-
+    only read: the agent copies the backbone and re-initialises neck and head). `train_backbone` trains the
+    backbone too (the `e2e` baseline); `sections` times the loop's parts (bench/)."""
     check(cfg)
     a, t = cfg.agent, cfg.train
-    device = pick_device(t.device)
+    device = pick_device(t.device, "train.device")
     n = t.num_envs
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
 
     env, obs = make_vector_env(game, n, cfg.env, seed)
     num_actions = int(env.single_action_space.n)
-    agent = RainbowAgent(encoder, num_actions, a, seed, device)
+    agent = RainbowAgent(encoder, num_actions, a, seed, device, train_backbone)
     replay = PrioritizedReplay(
         cfg.replay.capacity, n, a.n_step, a.gamma, cfg.replay.priority_exponent, cfg.env.frames, seed=seed
     )
-    total_updates = max(1, (t.env_steps - t.learning_starts) * t.updates_per_step)
+    sections.keep(replay=replay, agent=agent)
 
-    episode_returns: list[float] = []
-    episode_lengths: list[int] = []
-    running_return, running_length = np.zeros(n), np.zeros(n, dtype=np.int64)
+    def greedy(rows: np.ndarray) -> np.ndarray:
+        with sections("agent.act"):
+            return agent.act(torch.from_numpy(rows)).cpu().numpy()
+
+    # env i explores with its own generator, seeded (seed, i)
+    policy = EpsilonGreedy(greedy, num_actions, [[seed, i] for i in range(n)])
+    learner = _Learner(agent, replay, cfg, sections)
+    episodes = EpisodeTracker(n)
+    finished: list[tuple[float, int]] = []
     lives = None
-    steps = updates = 0
-    metrics: dict[str, float] = {}
+    steps = 0
     bar = tqdm(
         total=t.env_steps, unit="step", desc=f"rainbow {game.name}", disable=None if progress else True
     )
@@ -305,13 +323,9 @@ def train_rainbow(
         while steps < t.env_steps:
             # epsilon-greedy: 1 until learning starts, then linearly down to eps_end
             eps = linear(t.eps_start, t.eps_end, (steps - t.learning_starts) / t.eps_decay_steps)
-            explore = rng.random(n) < eps
-            actions = rng.integers(num_actions, size=n)
-            if not explore.all():
-                greedy = agent.act(torch.from_numpy(obs)).cpu().numpy()
-                actions = np.where(explore, actions, greedy)
-
-            next_obs, reward, terminated, truncated, info = env.step(actions)
+            actions = policy.act(obs, eps)
+            with sections("env.step"):
+                next_obs, reward, terminated, truncated, info = env.step(actions)
             if not np.array_equal(info["env_id"], np.arange(n)):  # the replay's streams assume env order
                 raise RuntimeError(f"the vector env returned envs {info['env_id']} out of order")
             ended = terminated | truncated
@@ -320,34 +334,21 @@ def train_rainbow(
                 lost_life = (info["lives"] < lives) & ~ended
             lives = info["lives"]
             final = info["final_obs"][:, -1] if ended.any() else None
-            # rewards are clipped for learning only; scores stay raw
-            replay.add(obs[:, -1], actions, np.sign(reward), terminated | lost_life, ended, final)
-
-            running_return += reward
-            running_length += 1
-            for i in np.flatnonzero(ended):
-                episode_returns.append(float(running_return[i]))
-                episode_lengths.append(int(running_length[i]))
-            running_return[ended], running_length[ended] = 0.0, 0
+            with sections("replay.add"):  # rewards are clipped for learning only; scores stay raw
+                replay.add(obs[:, -1], actions, np.sign(reward), terminated | lost_life, ended, final)
+            finished += [(ret, length) for _, ret, length in episodes.step(reward, ended)]
             obs = next_obs
             steps += n
 
             # the replay ratio is per agent step: a vector step of n envs earns n times the updates
             if steps >= t.learning_starts and replay.tree.total > 0:
-                for _ in range(t.updates_per_step * n):
-                    beta = linear(cfg.replay.beta_start, cfg.replay.beta_end, updates / total_updates)
-                    batch = replay.sample(t.batch_size, beta)
-                    loss_per_sample, metrics = agent.update(batch, batch.weights)
-                    # a floor keeps a transition whose target the agent already fits from starving
-                    replay.update_priorities(batch.indices, loss_per_sample.clamp_min(1e-5).cpu().numpy())
-                    updates += 1
-
+                learner.learn(t.updates_per_step * n)
             bar.update(n)
             if steps % t.log_every < n:
-                recent = episode_returns[-10:]
+                recent = [r for r, _ in finished[-10:]]
                 bar.set_postfix(
                     eps=f"{eps:.2f}",
-                    loss=f"{metrics.get('loss', float('nan')):.3f}",
+                    loss=f"{learner.metrics.get('loss', float('nan')):.3f}",
                     ret=f"{np.mean(recent):.1f}" if recent else "-",
                 )
     finally:
@@ -356,9 +357,69 @@ def train_rainbow(
     return TrainResult(
         agent=agent.eval(),
         env_steps=steps,
-        updates=updates,
-        episode_returns=np.array(episode_returns, dtype=np.float64),
-        episode_lengths=np.array(episode_lengths, dtype=np.int64),
+        updates=learner.updates,
+        episode_returns=np.array([r for r, _ in finished], dtype=np.float64),
+        episode_lengths=np.array([length for _, length in finished], dtype=np.int64),
         seconds=time.perf_counter() - start,
-        metrics=metrics,
+        metrics=learner.metrics,
     )
+
+
+class _Learner:
+    """Prioritised-replay updates: sample with the annealed beta, update, write the new priorities."""
+
+    def __init__(
+        self, agent: RainbowAgent, replay: PrioritizedReplay, cfg: RainbowConfig, sections: Sections
+    ):
+        self.agent, self.replay, self.cfg, self.sections = agent, replay, cfg, sections
+        t = cfg.train
+        self.total = max(1, (t.env_steps - t.learning_starts) * t.updates_per_step)
+        self.updates = 0
+        self.metrics: dict[str, float] = {}
+
+    def learn(self, count: int) -> None:
+        r, timed = self.cfg.replay, self.sections
+        for _ in range(count):
+            beta = linear(r.beta_start, r.beta_end, self.updates / self.total)
+            with timed("replay.sample"):
+                batch = self.replay.sample(self.cfg.train.batch_size, beta)
+            with timed("agent.update"):
+                loss_per_sample, self.metrics = self.agent.update(batch, batch.weights)
+            with timed("replay.update_priorities"):
+                # a floor keeps a transition whose target the agent already fits from starving
+                self.replay.update_priorities(batch.indices, loss_per_sample.clamp_min(1e-5).cpu().numpy())
+            self.updates += 1
+
+
+@register
+class Rainbow(Protocol):
+    """Online Rainbow in the game (Atari-PB's online RL protocol)."""
+
+    name = "rainbow"
+    Config = RainbowConfig
+    can_save_agent = True
+
+    @staticmethod
+    def check(cfg: RainbowConfig) -> None:
+        check(cfg)
+
+    @staticmethod
+    def env_frames(cfg: RainbowConfig) -> int | None:
+        return cfg.env.frames
+
+    @staticmethod
+    def train(cfg: RainbowConfig, task: FinetuneTask) -> FinetuneResult:
+        r = train_rainbow(
+            task.game, task.encoder, cfg, task.seed, task.progress, task.train_backbone, task.sections
+        )
+        return FinetuneResult(
+            agent=r.agent,
+            gradient_steps=r.updates,
+            env_steps=r.env_steps,
+            seconds=r.seconds,
+            summary={"train_episode_returns": [float(x) for x in r.episode_returns[-10:]]},
+        )
+
+    @staticmethod
+    def save_agent(result: FinetuneResult, game: Game, path: Path) -> Path:
+        return result.agent.save(game, path)

@@ -1,7 +1,7 @@
 """`atari-pb finetune`: fine-tune an encoder on every (game, seed) of a split, evaluate, write records.
 
     encoder (an exported file, or a baseline: `random` = frozen random backbone, `e2e` = backbone trained)
-      -> offline BC on the game's shards, or online Rainbow in the game
+      -> the protocol's `train` (a registered module: offline_bc, rainbow, ...; finetune/base.py)
       -> evaluation rollouts (eval/<split>.yaml: episodes, parallel envs, epsilon 0.001)
       -> RESULTS/<method>/<protocol>/<game>/seed<k>.json
 
@@ -16,7 +16,6 @@ import json
 import logging
 import multiprocessing
 import os
-import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
@@ -26,7 +25,8 @@ import torch
 
 from atari_pb.errors import AtariPBError, UsageError
 from atari_pb.eval.protocol import load_eval_config
-from atari_pb.eval.records import PROTOCOLS, ResultRecord, record_path, write_record
+from atari_pb.eval.records import ResultRecord, record_path, write_record
+from atari_pb.finetune.base import FinetuneTask, load_protocol_config, protocol_class
 from atari_pb.games import get_game
 from atari_pb.models.encoder import Encoder, ModelConfig, config_path, load_encoder
 
@@ -45,10 +45,10 @@ class Job:
     game: str
     seed: int
     results: str
-    data: str | None  # shard directory (offline_bc)
+    data: str | None  # shard directory (offline protocols)
     overrides: tuple[str, ...]
     eval_overrides: tuple[str, ...]
-    save_agent: bool = False  # rainbow: keep the trained agent (for `collect --policy eps-greedy:`)
+    save_agent: bool = False  # keep the trained agent (for `collect --policy eps-greedy:`)
 
 
 def method_name(encoder: str) -> str:
@@ -63,9 +63,9 @@ def method_name(encoder: str) -> str:
     return objective or path.parent.name or path.stem
 
 
-def agent_path(results: Path, method: str, game: str, seed: int) -> Path:
-    """Where `--save-agent` keeps a Rainbow agent: beside its record, out of the records' glob."""
-    return Path(results) / method / "rainbow" / game / "agents" / f"seed{seed}.safetensors"
+def agent_path(results: Path, method: str, protocol: str, game: str, seed: int) -> Path:
+    """Where `--save-agent` keeps an agent: beside its record, out of the records' glob."""
+    return Path(results) / method / protocol / game / "agents" / f"seed{seed}.safetensors"
 
 
 def build_encoder(job: Job) -> tuple[Encoder, str, bool]:
@@ -77,72 +77,38 @@ def build_encoder(job: Job) -> tuple[Encoder, str, bool]:
     return load_encoder(job.encoder), digest, False
 
 
-def protocol_config(protocol: str, overrides: Sequence[str]):
-    """The protocol's YAML (finetune/<protocol>.yaml) with overrides, as its dataclass."""
-    if protocol == "rainbow":
-        from atari_pb.finetune.rainbow import load_rainbow_config
-
-        return load_rainbow_config(overrides)
-    from atari_pb.finetune.offline_bc import load_offline_bc_config
-
-    return load_offline_bc_config(overrides)
-
-
 def run_job(job: Job) -> Path:
     """Fine-tune, evaluate and write one record; returns its path."""
     from atari_pb.eval.rollout import evaluate
 
     game = get_game(job.game)
-    cfg = protocol_config(job.protocol, job.overrides)
+    protocol = protocol_class(job.protocol)
+    cfg = load_protocol_config(job.protocol, job.overrides)
     ev = load_eval_config(job.split, job.eval_overrides)
     encoder, digest, train_backbone = build_encoder(job)
-    start = time.perf_counter()
-    if job.protocol == "offline_bc":
-        from atari_pb.envs.atari import num_actions
-        from atari_pb.finetune.offline_bc import train_offline_bc
-
-        result = train_offline_bc(
-            game,
-            encoder,
-            Path(job.data),
-            num_actions(game),
-            cfg.train,
-            job.seed,
-            train_backbone=train_backbone,
-        )
-        agent, steps = result.agent, result.steps
-        extra = {"train_accuracy": result.train_accuracy, "holdout_accuracy": result.holdout_accuracy}
-    else:
-        from atari_pb.finetune.rainbow import train_rainbow
-
-        if train_backbone:
-            cfg.agent.freeze_backbone = False
-        result = train_rainbow(game, encoder, cfg, job.seed)
-        agent, steps = result.agent, result.env_steps
-        if job.save_agent:
-            from atari_pb.finetune.policy import save_agent
-
-            saved = save_agent(agent, game, agent_path(Path(job.results), job.method, game.name, job.seed))
-            log.info("saved the trained agent to %s", saved)
-        extra = {"train_episode_returns": [float(x) for x in result.episode_returns[-10:]]}
-    device = next(agent.parameters()).device
+    task = FinetuneTask(game, encoder, job.seed, train_backbone, Path(job.data) if job.data else None)
+    result = protocol.train(cfg, task)
+    if job.save_agent:
+        path = agent_path(Path(job.results), job.method, job.protocol, game.name, job.seed)
+        log.info("saved the trained agent to %s", protocol.save_agent(result, game, path))
     scores = evaluate(
-        agent.act,
+        result.agent.act,
         game,
         episodes=ev.episodes,
         num_envs=ev.num_envs,
         epsilon=ev.epsilon,
         seed=10_000 + job.seed,
         env=ev.env,
-        device=device,
+        device=next(result.agent.parameters()).device,
     )
     config = {
         "protocol": asdict(cfg),
         "eval": asdict(ev),
         "encoder": job.encoder,
         "preset": job.preset,
-        "train_seconds": time.perf_counter() - start,
-        **extra,
+        "train_backbone": train_backbone,
+        "train_seconds": result.seconds,
+        **result.summary,
     }
     record = ResultRecord(
         method=job.method,
@@ -152,7 +118,8 @@ def run_job(job: Job) -> Path:
         seed=job.seed,
         score=float(scores.mean),
         episodes=len(scores.scores),
-        steps=int(steps),
+        gradient_steps=int(result.gradient_steps),
+        env_steps=int(result.env_steps),
         encoder_sha256=digest,
         config=json.loads(json.dumps(config, default=str)),
         episode_scores=[float(s) for s in scores.scores],
@@ -186,22 +153,21 @@ def plan(
     save_agent: bool = False,
 ) -> list[Job]:
     """Every (game, seed) job, checked before anything runs."""
-    if protocol not in PROTOCOLS:
-        raise UsageError(f"unknown protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
-    if protocol == "offline_bc":
+    spec = protocol_class(protocol)  # an unknown name fails with the valid ones
+    if spec.needs_data:
         if data is None:
-            raise UsageError("offline_bc needs --data: the shard directory of the games' offline data")
+            raise UsageError(f"{protocol} needs --data: the shard directory of the games' offline data")
         if not Path(data).is_dir():
             raise UsageError(f"shard directory {data} does not exist")
-    if save_agent and protocol != "rainbow":
-        raise UsageError("--save-agent keeps trained Rainbow agents; it needs --protocol rainbow")
+    if save_agent and not spec.can_save_agent:
+        raise UsageError(f"--save-agent: the {protocol} protocol cannot save its agents")
     if results.exists() and not results.is_dir():
         raise UsageError(f"results {results} is a file; it must be a directory")
     ev = load_eval_config(split, [*eval_overrides, *([f"games=[{','.join(games)}]"] if games else [])])
-    cfg = protocol_config(protocol, overrides)  # unknown keys and bad values fail now
+    cfg = load_protocol_config(protocol, overrides)  # unknown keys and bad values fail now
     if encoder not in BASELINES:
         frames = load_encoder(encoder).cfg.frames  # a missing, corrupt or misshapen file fails here
-        wanted = {ev.env.frames} | ({cfg.env.frames} if protocol == "rainbow" else set())
+        wanted = {ev.env.frames, spec.env_frames(cfg)} - {None}
         if wanted != {frames}:
             raise UsageError(
                 f"encoder {encoder} takes {frames}-frame stacks; the protocol stacks {max(wanted)} (env.frames)"

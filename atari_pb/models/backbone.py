@@ -13,6 +13,7 @@ from functools import partial
 import timm
 import torch
 from timm.layers import GroupNorm
+from timm.models.resnet import make_blocks
 from torch import nn
 
 from atari_pb.errors import UsageError
@@ -23,14 +24,14 @@ class BackbonePreset:
     timm_name: str  # the timm entry point; the fields below override its defaults
     layers: tuple[int, ...]
     channels: tuple[int, ...]
-    stem_width: int
+    stem_width: int  # channels of the 7x7 stem convolution
 
 
 PRESETS: dict[str, BackbonePreset] = {
     # Atari-PB's benchmark backbone: bottleneck blocks 3-4-6-3
     "resnet50": BackbonePreset("resnet50", (3, 4, 6, 3), (64, 128, 256, 512), 64),
     "resnet18": BackbonePreset("resnet18", (2, 2, 2, 2), (64, 128, 256, 512), 64),
-    # a few tens of thousands of parameters: CPU tests and the demo
+    # a few tens of thousands of parameters, an 8-channel stem: CPU tests and the demo
     "tiny": BackbonePreset("resnet18", (1, 1, 1, 1), (8, 16, 32, 64), 8),
 }
 NORM_GROUPS = 4  # Atari-PB's GroupNorm
@@ -46,6 +47,7 @@ class Backbone(nn.Module):
         p = PRESETS[preset]
         self.preset = preset
         self.in_frames = in_frames
+        norm = partial(GroupNorm, num_groups=NORM_GROUPS)
         self.body = timm.create_model(
             p.timm_name,
             pretrained=False,
@@ -54,9 +56,10 @@ class Backbone(nn.Module):
             global_pool="",
             layers=p.layers,
             channels=p.channels,
-            stem_width=p.stem_width,
-            norm_layer=partial(GroupNorm, num_groups=NORM_GROUPS),
+            norm_layer=norm,
         )
+        if p.stem_width != self.body.conv1.out_channels:
+            _set_stem_width(self.body, p, in_frames, norm)
         self.body.maxpool = nn.Identity()  # keeps 84x84 inputs at 6x6 after the last stage
         self.out_channels: int = self.body.num_features
 
@@ -70,5 +73,15 @@ class Backbone(nn.Module):
             return tuple(self(torch.zeros(1, self.in_frames, size, size, dtype=torch.uint8)).shape[1:])
 
 
-def create_backbone(preset: str = "resnet50", in_frames: int = 4) -> Backbone:
-    return Backbone(preset, in_frames)
+def _set_stem_width(body: nn.Module, p: BackbonePreset, in_frames: int, norm) -> None:
+    """timm's classic 7x7 stem is 64 channels wide whatever `stem_width` says (it only sizes deep stems), so
+    a narrow preset would spend most of its compute there: rebuild the stem and the first stage for
+    `p.stem_width` input channels, then re-initialise the whole network the way timm does."""
+    body.conv1 = nn.Conv2d(in_frames, p.stem_width, kernel_size=7, stride=2, padding=3, bias=False)
+    body.bn1 = norm(p.stem_width)
+    blocks = (type(body.layer1[0]),) * len(p.layers)
+    stages, _ = make_blocks(
+        blocks, p.channels, p.layers, p.stem_width, norm_layer=norm
+    )  # the stages timm builds
+    body.layer1 = stages[0][1]  # the only one whose input width changed
+    body.init_weights(zero_init_last=True)

@@ -28,3 +28,8 @@ def select_greedy(q_select: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     with the online network and evaluates it with the target."""
     rows = torch.arange(len(values), device=values.device)
     return values[rows, q_select.argmax(-1)]
+
+
+def q_values(logits: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """Expected returns (B, A) of C51 logits (B, A, K) on `support` (K,)."""
+    return (logits.softmax(-1) * support).sum(-1)

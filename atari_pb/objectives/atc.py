@@ -14,9 +14,10 @@ import torch.nn.functional as F
 
 from atari_pb.data.stream import SampleSpec
 from atari_pb.distributed import all_sum, gather_keys, world
+from atari_pb.models.ema import make_target
 from atari_pb.models.encoder import Encoder
 from atari_pb.models.layers import PerGameLinear
-from atari_pb.objectives.base import Batch, Metrics, Objective, make_target, register
+from atari_pb.objectives.base import Batch, Metrics, Objective, register
 
 
 @dataclass

@@ -6,13 +6,12 @@ three things:
   - `forward(batch, rand) -> (loss, metrics)`: the loss of one (micro-)batch, with `rand` for any
     randomness (augmentation, masks) so that resumed and distributed runs draw the same numbers;
   - `ema_pairs()`: (online, target) modules the runner moves toward each other after every optimiser step
-    with the objective's tau schedule (`ema_tau(progress)`).
+    with the objective's tau schedule (`ema_tau(progress)`), through atari_pb.models.ema (as Rainbow does).
 The runner knows no objective by name: adding one is a module here and a YAML in objectives/.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -40,14 +39,6 @@ def objective_class(name: str) -> type[Objective]:
     if name not in OBJECTIVES:
         raise UsageError(f"unknown objective {name!r}; valid objectives: {', '.join(sorted(OBJECTIVES))}")
     return OBJECTIVES[name]
-
-
-@dataclass
-class EMAConfig:
-    """Shared by objectives with EMA targets: tau goes linearly from start to end over training."""
-
-    ema_start: float = 0.99
-    ema_end: float = 0.999
 
 
 class Objective(nn.Module):
@@ -92,21 +83,3 @@ class Objective(nn.Module):
     def game_ids(batch: Batch) -> torch.Tensor:
         """(B*T,) game ids, matching `stack`."""
         return batch["game_id"].flatten()
-
-
-def make_target(module: nn.Module) -> nn.Module:
-    """A frozen copy for EMA targets."""
-    import copy
-
-    target = copy.deepcopy(module)
-    target.requires_grad_(False)
-    return target
-
-
-@torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, tau: float) -> None:
-    """target <- tau * target + (1 - tau) * online, parameter by parameter (buffers copied)."""
-    t_params, o_params = list(target.parameters()), list(online.parameters())
-    torch._foreach_lerp_(t_params, o_params, 1.0 - tau)
-    for tb, ob in zip(target.buffers(), online.buffers()):
-        tb.copy_(ob)

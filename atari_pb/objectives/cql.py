@@ -18,8 +18,9 @@ from torch import nn
 from atari_pb.data.stream import SampleSpec
 from atari_pb.errors import UsageError
 from atari_pb.models.distributional import project_distribution, select_greedy
+from atari_pb.models.ema import make_target
 from atari_pb.models.layers import PerGameLinear
-from atari_pb.objectives.base import Objective, make_target, register
+from atari_pb.objectives.base import Objective, register
 
 VARIANTS = ("c51", "mse")
 

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from atari_pb.distributed import gather_keys, world
+from atari_pb.models.ema import make_target
 from atari_pb.models.layers import PerGameLinear
-from atari_pb.objectives.base import Objective, make_target, register
+from atari_pb.objectives.base import Objective, register
 
 
 @dataclass

@@ -17,9 +17,10 @@ from torch import nn
 
 from atari_pb.data.stream import SampleSpec
 from atari_pb.distributed import all_sum, gather_keys
+from atari_pb.models.ema import make_target
 from atari_pb.models.encoder import Encoder
 from atari_pb.models.layers import mlp
-from atari_pb.objectives.base import Batch, Metrics, Objective, make_target, register
+from atari_pb.objectives.base import Batch, Metrics, Objective, register
 
 
 @dataclass

@@ -20,8 +20,9 @@ from atari_pb.data.stream import SampleSpec
 from atari_pb.distributed import gather_keys, world
 from atari_pb.errors import UsageError
 from atari_pb.games import NUM_GAME_IDS
+from atari_pb.models.ema import make_target
 from atari_pb.models.layers import PerGameLinear
-from atari_pb.objectives.base import Batch, Metrics, Objective, make_target, register
+from atari_pb.objectives.base import Batch, Metrics, Objective, register
 
 LOSSES = ("cosine", "infonce")
 

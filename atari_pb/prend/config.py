@@ -16,11 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from atari_pb.config import load_config
+from atari_pb.config import config_file, load_config
 from atari_pb.envs.atari import EnvConfig
 from atari_pb.errors import UsageError
-
-PREND_DIR = Path(__file__).resolve().parents[2] / "prend"
 
 
 @dataclass
@@ -28,7 +26,8 @@ class IntrinsicConfig:
     """The `intrinsic:` section: how the intrinsic reward is made and how its predictor learns."""
 
     # predictor lr = ppo.lr * this; null: 0.01 for PreND (the paper's, to slow the reward's collapse)
-    # and 1 for RND (RND trains its predictor at the PPO learning rate)
+    # and 1 for RND (RND trains its predictor at the PPO learning rate); a run's config.yaml records the
+    # value it ran at
     predictor_lr_scale: float | None = None
     update_proportion: float = 0.25  # share of each minibatch the predictor trains on (RND)
     obs_clip: float = 5.0  # RND's normalised frame is clipped to [-clip, clip]
@@ -101,11 +100,9 @@ class PrendConfig:
 
 
 def load_prend_config(overrides: Sequence[str] = (), path: str | Path | None = None) -> PrendConfig:
-    """prend/prend.yaml (or `path`) over the defaults, then `key=value` overrides."""
-    if path is None:
-        default = PREND_DIR / "prend.yaml"
-        path = default if default.is_file() else None
-    cfg = load_config(PrendConfig, path, overrides)
+    """prend/prend.yaml (or `path`) over the defaults, then `key=value` overrides. A missing prend.yaml is
+    an error: the run's settings are the file's, never the dataclasses' alone."""
+    cfg = load_config(PrendConfig, config_file("prend", "prend") if path is None else path, overrides)
     check(cfg)
     return cfg
 

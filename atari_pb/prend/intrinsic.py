@@ -13,8 +13,9 @@ same convolutions with two more linear layers. We keep RND's own networks rather
 backbone because RND as published is the baseline the PreND paper compares against.
 
 PreND (arXiv 2410.01745; `--encoder PATH`). Target: the frozen pre-trained encoder (Atari-PB backbone +
-per-game neck, with the game's id). Predictor: the *same* frozen backbone with a fresh, trainable neck and
-a two-layer head, trained at a scaled learning rate (0.01 by default) so the reward collapses slowly. The
+per-game neck, with the game's id). Predictor: the project's agent network on that encoder
+(`build_agent_net`: the *same* frozen backbone with a fresh, trainable one-row neck and a two-layer head),
+trained at a scaled learning rate (0.01 by default) so the reward collapses slowly. The
 backbone sees the encoder's native input, uint8 4-frame stacks, not normalised frames: it was pre-trained on
 those, and normalising would move its input off that distribution. Because target and predictor share the
 frozen backbone, it runs once per batch and its features are the inputs both heads read; they depend on
@@ -36,8 +37,8 @@ from torch import nn
 
 from atari_pb.errors import UsageError
 from atari_pb.games import Game
+from atari_pb.models.agent import build_agent_net
 from atari_pb.models.encoder import Encoder, config_path, load_encoder
-from atari_pb.models.layers import SpatialMLPNeck, mlp
 from atari_pb.prend.config import IntrinsicConfig
 
 MODES = ("rnd", "prend", "none")
@@ -48,10 +49,16 @@ def mode_of(encoder: str) -> str:
     return {"random": "rnd", "none": "none"}.get(encoder, "prend")
 
 
+def default_predictor_lr_scale(mode: str) -> float:
+    """What `intrinsic.predictor_lr_scale: null` means: 0.01 for PreND (the paper's), 1 for RND."""
+    return 0.01 if mode == "prend" else 1.0
+
+
 def predictor_lr_scale(cfg: IntrinsicConfig, mode: str) -> float:
+    """The predictor's learning rate over ppo.lr that a run in `mode` trains at."""
     if cfg.predictor_lr_scale is not None:
         return cfg.predictor_lr_scale
-    return 0.01 if mode == "prend" else 1.0
+    return default_predictor_lr_scale(mode)
 
 
 # ------------------------------------------------------------------------------------------------ math
@@ -231,8 +238,9 @@ class RND(IntrinsicReward):
 
 
 class PreND(IntrinsicReward):
-    """PreND: target = frozen encoder (backbone + neck at the game's id); predictor = the same frozen
-    backbone + a fresh trainable neck (one spatial embedding) + a two-layer head."""
+    """PreND: target = frozen encoder (backbone + neck at the game's id); predictor = `build_agent_net` on
+    the encoder (the same frozen backbone + a fresh trainable neck with one spatial embedding + a two-layer
+    head). The backbone is shared: it runs once per frame for both."""
 
     mode = "prend"
     fixed_inputs = True  # features of a frozen backbone
@@ -240,13 +248,13 @@ class PreND(IntrinsicReward):
     def __init__(self, encoder: Encoder, game_id: int, cfg: IntrinsicConfig):
         super().__init__()
         self.chunk = cfg.reward_chunk
-        self.backbone = copy.deepcopy(encoder.backbone).eval().requires_grad_(False)
-        self.target_neck = copy.deepcopy(encoder.neck).eval().requires_grad_(False)
         d = encoder.out_dim
-        # a fresh neck: a copy of the target's would predict it exactly and pay nothing from the start
-        self.predictor_neck = SpatialMLPNeck(encoder.neck.in_shape, encoder.cfg.neck_dims(), num_games=1)
-        # the neck ends in a ReLU; the head lets the prediction take any value the target's can
-        self.predictor_head = mlp([self.predictor_neck.out_dim, d, d])
+        # a fresh neck: a copy of the target's would predict it exactly and pay nothing from the start; the
+        # neck ends in a ReLU, so a two-layer head lets the prediction take any value the target's can
+        predictor = build_agent_net(encoder, d, head_hidden=[d])
+        self.backbone = predictor.backbone.eval()
+        self.target_neck = copy.deepcopy(encoder.neck).eval().requires_grad_(False)
+        self.predictor_neck, self.predictor_head = predictor.neck, predictor.head
         self.register_buffer("game_id", torch.tensor(game_id, dtype=torch.long))
         self.out_dim = d
 
@@ -265,6 +273,7 @@ class PreND(IntrinsicReward):
         b = inputs.shape[0]
         with torch.no_grad():
             target = self.target_neck(inputs, self.game_id.expand(b))
+        # the agent network's neck reads its one spatial embedding, row 0 (AgentNet.from_features)
         z = self.predictor_neck(inputs, torch.zeros(b, dtype=torch.long, device=inputs.device))
         return target, self.predictor_head(z)
 

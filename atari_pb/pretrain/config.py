@@ -15,11 +15,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from atari_pb.config import load_config
+from atari_pb.config import config_file, load_config
 from atari_pb.errors import UsageError
 from atari_pb.models.encoder import ModelConfig
-
-OBJECTIVES_DIR = Path(__file__).resolve().parents[2] / "objectives"
 
 
 @dataclass
@@ -63,9 +61,9 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
 
-def objective_yaml(name: str) -> Path | None:
-    path = OBJECTIVES_DIR / f"{name}.yaml"
-    return path if path.is_file() else None
+def objective_yaml(name: str) -> Path:
+    """objectives/<name>.yaml; a missing file is a one-line error (never the dataclass defaults alone)."""
+    return config_file("objectives", name)
 
 
 def load_pretrain_config(name: str, overrides: list[str] = (), path: Path | None = None) -> PretrainConfig:

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,29 +23,24 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from atari_pb.augment import BatchRandom
+from atari_pb.core.checkpoint import same_run
+from atari_pb.core.device import pick_device
+from atari_pb.core.writer import METRICS, RunWriter
 from atari_pb.data import ShardSet, ShardStream, make_loader
 from atari_pb.distributed import DistInfo, all_mean, all_sum, init_distributed
 from atari_pb.errors import DataError, UsageError
+from atari_pb.models.ema import ema_update
 from atari_pb.models.encoder import Encoder, export_encoder
 from atari_pb.objectives import objective_class
-from atari_pb.objectives.base import Objective, ema_update
+from atari_pb.objectives.base import Objective
 from atari_pb.pretrain.checkpoint import kept_note, load_checkpoint, save_checkpoint
-from atari_pb.pretrain.config import OptimConfig, PretrainConfig, check, to_yaml
+from atari_pb.pretrain.config import OptimConfig, PretrainConfig, check
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 ENCODER = "encoder.safetensors"
-METRICS = "metrics.jsonl"
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"trainer.device={name}: no CUDA device here; valid: auto, cpu")
-    return device
+__all__ = ["CHECKPOINT", "ENCODER", "METRICS", "export_from_run", "pick_device", "pretrain"]
 
 
 def warmup_cosine(steps: int, optim: OptimConfig):
@@ -68,65 +63,56 @@ def make_optimizer(objective: Objective, optim: OptimConfig) -> torch.optim.Opti
 
 
 def _same_run(saved: dict, cfg: PretrainConfig, name: str, path: Path) -> None:
-    """A checkpoint continues only the run it came from."""
+    """A checkpoint continues only the run it came from (the budget and intervals may change)."""
     if saved["objective_name"] != name:
         raise UsageError(
             f"{path} is a {saved['objective_name']} checkpoint, not {name}; resume with --objective {saved['objective_name']}"
         )
     now = json.loads(json.dumps(asdict(cfg)))
-    for section in ("objective", "model", "optim", "data"):
-        if saved["config"][section] != now[section]:
-            raise UsageError(
-                f"{path}: the run was made with {section}={saved['config'][section]}, not {now[section]}"
-            )
-    for key in ("batch_size", "accumulate", "seed"):
-        if saved["config"]["trainer"][key] != now["trainer"][key]:
-            raise UsageError(f"{path}: the run was made with trainer.{key}={saved['config']['trainer'][key]}")
+    keys = ("trainer.batch_size", "trainer.accumulate", "trainer.seed")
+    same_run(path, saved["config"], now, ("objective", "model", "optim", "data"), keys)
 
 
-class RunWriter:
-    """Rank 0's outputs: config.yaml, metrics.jsonl, TensorBoard events, checkpoints, the encoder."""
+@dataclass
+class _Run:
+    """Everything one pre-training process holds; built by `_setup`, advanced by `_train_step`."""
 
-    def __init__(self, out: Path, dist: DistInfo, resume_step: int | None):
-        self.out = Path(out)
-        self.active = dist.is_main
-        self.tb = None
-        if not self.active:
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        metrics = self.out / METRICS
-        if (
-            resume_step is not None and metrics.exists()
-        ):  # drop what the killed run logged after its checkpoint
-            kept = [ln for ln in metrics.read_text().splitlines() if json.loads(ln)["step"] <= resume_step]
-            metrics.write_text("".join(ln + "\n" for ln in kept))
-        from torch.utils.tensorboard import SummaryWriter
+    name: str
+    cfg: PretrainConfig
+    out: Path
+    device: torch.device
+    dist: DistInfo
+    objective: Objective
+    model: torch.nn.Module  # the objective, wrapped by DDP and torch.compile when asked
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    stream: ShardStream
+    batches: object  # iterator over the stream's batches
+    start: int
+    writer: RunWriter
+    params: list[torch.nn.Parameter] = field(default_factory=list)  # the trainable ones, for clipping
 
-        self.tb = SummaryWriter(str(self.out / "tb"), purge_step=resume_step)
+    def __post_init__(self) -> None:
+        self.params = [p for p in self.objective.parameters() if p.requires_grad]
 
-    def config(self, cfg: PretrainConfig, name: str) -> None:
-        if self.active:
-            (self.out / "config.yaml").write_text(f"# atari-pb pretrain --objective {name}\n" + to_yaml(cfg))
-
-    def metrics(self, step: int, values: dict[str, float]) -> None:
-        if not self.active:
-            return
-        with open(self.out / METRICS, "a") as f:
-            f.write(json.dumps({"step": step, **values}) + "\n")
-        for key, value in values.items():
-            self.tb.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+    @property
+    def checkpoint(self) -> Path:
+        return self.out / CHECKPOINT
 
 
-def pretrain(name: str, data: Path, out: Path, cfg: PretrainConfig, resume: bool = False) -> Path:
-    """Run (or continue) a pre-training run; returns the exported encoder's path."""
-    check(cfg)
+@dataclass
+class _Window:
+    """Metrics summed since the last log line, with the data-wait time and the samples seen."""
+
+    totals: dict[str, torch.Tensor] = field(default_factory=dict)
+    start: float = field(default_factory=time.perf_counter)
+    wait: float = 0.0
+    samples: int = 0
+
+
+def _setup_device(cfg: PretrainConfig) -> tuple[torch.device, DistInfo]:
     t = cfg.trainer
-    out = Path(out)
-    device = pick_device(t.device)
+    device = pick_device(t.device, "trainer.device")
     dist = init_distributed(device)
     if dist.world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
@@ -135,6 +121,13 @@ def pretrain(name: str, data: Path, out: Path, cfg: PretrainConfig, resume: bool
         raise UsageError(
             f"trainer.batch_size={t.batch_size} does not split into {dist.world_size} ranks x {t.accumulate} micro-batches"
         )
+    return device, dist
+
+
+def _setup(name: str, data: Path, out: Path, cfg: PretrainConfig, resume: bool) -> _Run:
+    """Check the request, build the objective, optimiser and data stream, restore a checkpoint."""
+    t = cfg.trainer
+    device, dist = _setup_device(cfg)
     checkpoint_path = out / CHECKPOINT
     if not resume and checkpoint_path.exists():
         raise UsageError(f"{out} already holds a run; continue it with --resume or choose another --out")
@@ -144,8 +137,7 @@ def pretrain(name: str, data: Path, out: Path, cfg: PretrainConfig, resume: bool
     # data: fail now, not mid-run, when it cannot give the objective what it needs
     torch.manual_seed(t.seed)
     shards = ShardSet(data, games=cfg.data.games or None)
-    encoder = Encoder(cfg.model)
-    objective = objective_class(name)(cfg.objective, encoder, cfg.model.num_actions)
+    objective = objective_class(name)(cfg.objective, Encoder(cfg.model), cfg.model.num_actions)
     spec = objective.sample_spec()
     shards.valid_starts(spec.frames, spec.t_step, spec.n_step)
 
@@ -154,19 +146,9 @@ def pretrain(name: str, data: Path, out: Path, cfg: PretrainConfig, resume: bool
         objective.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(objective, cfg.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.steps, cfg.optim))
-
-    start = 0
-    if resume:
-        saved = load_checkpoint(checkpoint_path)
-        _same_run(saved, cfg, name, checkpoint_path)
-        objective.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["rng"])
-        start = saved["step"]
-        log.info("resuming %s at step %d of %d", out, start, t.steps)
-    writer = RunWriter(out, dist, start if resume else None)
-    writer.config(cfg, name)
+    start = _restore(checkpoint_path, cfg, name, objective, optimizer, scheduler) if resume else 0
+    writer = RunWriter(out, dist.is_main, start if resume else None)
+    writer.config(cfg, f"atari-pb pretrain --objective {name}")
 
     model: torch.nn.Module = objective
     if dist.world_size > 1:
@@ -190,92 +172,118 @@ def pretrain(name: str, data: Path, out: Path, cfg: PretrainConfig, resume: bool
         num_steps=(t.steps - start) * t.accumulate,
     )
     batches = iter(make_loader(stream, num_workers=t.loader_threads, pin_memory=device.type == "cuda"))
-    params = [p for p in objective.parameters() if p.requires_grad]
-    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")  # inf: measure the norm only
+    return _Run(
+        name, cfg, out, device, dist, objective, model, optimizer, scheduler, stream, batches, start, writer
+    )
 
-    def save(step: int) -> None:
-        if dist.is_main:
-            save_checkpoint(
-                checkpoint_path,
-                {
-                    "objective_name": name,
-                    "config": json.loads(json.dumps(asdict(cfg))),
-                    "step": step,
-                    "model": objective.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                },
-            )
 
+def _restore(path: Path, cfg: PretrainConfig, name: str, objective, optimizer, scheduler) -> int:
+    saved = load_checkpoint(path, "pretrain")
+    _same_run(saved, cfg, name, path)
+    objective.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"])
+    log.info("resuming %s at step %d of %d", path.parent, saved["step"], cfg.trainer.steps)
+    return saved["step"]
+
+
+def _train_step(run: _Run, step: int, window: _Window) -> torch.Tensor:
+    """One optimiser step over `accumulate` micro-batches, clipped, then the EMA targets; returns the
+    gradient norm. A non-finite loss or gradient on any rank stops the run with the step."""
+    t = run.cfg.trainer
+    step_metrics: dict[str, torch.Tensor] = {}
+    for micro in range(t.accumulate):
+        wait_start = time.perf_counter()
+        batch = {k: v.to(run.device, non_blocking=True) for k, v in next(run.batches).items()}
+        window.wait += time.perf_counter() - wait_start
+        rand = BatchRandom(t.seed, step, run.stream.rows(micro), t.batch_size, run.device)
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=t.bf16):
+            loss, metrics = run.model(batch, rand)
+        (loss / t.accumulate).backward()
+        for key, value in {"loss": loss, **metrics}.items():
+            step_metrics[key] = step_metrics.get(key, 0.0) + value.detach().float() / t.accumulate
+    clip = run.cfg.optim.grad_clip if run.cfg.optim.grad_clip > 0 else float("inf")  # inf: measure only
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, clip)
+    bad = (~torch.isfinite(step_metrics["loss"])) | (~torch.isfinite(grad_norm))
+    if all_sum(bad.float()).item() > 0:
+        raise DataError(
+            f"objective {run.name}: loss or gradient is not finite at step {step + 1}; "
+            + kept_note(run.checkpoint)
+        )
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    ema_update(run.objective.ema_pairs(), run.objective.ema_tau((step + 1) / t.steps))
+    window.samples += t.batch_size
+    for key, value in step_metrics.items():
+        window.totals[key] = window.totals.get(key, 0.0) + value
+    return grad_norm
+
+
+def _log(run: _Run, done: int, window: _Window, grad_norm: torch.Tensor, bar: tqdm) -> None:
+    """The window's mean metrics (averaged over ranks), learning rate, throughput and data-wait share."""
+    t = run.cfg.trainer
+    elapsed = time.perf_counter() - window.start
+    n = t.log_every if done % t.log_every == 0 else done % t.log_every
+    values = {k: all_mean(v / n).item() for k, v in window.totals.items()}
+    values.update(
+        lr=run.scheduler.get_last_lr()[0],
+        grad_norm=grad_norm.item(),
+        samples_per_s=window.samples / elapsed,
+        data_wait=window.wait / elapsed,
+    )
+    run.writer.metrics(done, values)
+    bar.set_postfix(
+        loss=f"{values['loss']:.4f}", sps=f"{values['samples_per_s']:.0f}", wait=f"{values['data_wait']:.0%}"
+    )
+
+
+def _save(run: _Run, step: int) -> None:
+    if run.dist.is_main:
+        state = {
+            "objective_name": run.name,
+            "config": json.loads(json.dumps(asdict(run.cfg))),
+            "step": step,
+            "model": run.objective.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
+        save_checkpoint(run.checkpoint, state)
+
+
+def pretrain(name: str, data: Path, out: Path, cfg: PretrainConfig, resume: bool = False) -> Path:
+    """Run (or continue) a pre-training run; returns the exported encoder's path."""
+    check(cfg)
+    t = cfg.trainer
+    run = _setup(name, data, Path(out), cfg, resume)
     bar = tqdm(
         total=t.steps,
-        initial=start,
+        initial=run.start,
         unit="step",
         desc=f"pretrain {name}",
-        disable=None if dist.is_main else True,
+        disable=None if run.dist.is_main else True,
     )
-    totals: dict[str, float] = {}
-    window_start, window_wait, window_samples = time.perf_counter(), 0.0, 0
+    window = _Window()
     try:
-        for step in range(start, t.steps):
-            step_metrics: dict[str, torch.Tensor] = {}
-            for micro in range(t.accumulate):
-                wait_start = time.perf_counter()
-                batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-                window_wait += time.perf_counter() - wait_start
-                rand = BatchRandom(t.seed, step, stream.rows(micro), t.batch_size, device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.bf16):
-                    loss, metrics = model(batch, rand)
-                (loss / t.accumulate).backward()
-                for key, value in {"loss": loss, **metrics}.items():
-                    step_metrics[key] = step_metrics.get(key, 0.0) + value.detach().float() / t.accumulate
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-            bad = (~torch.isfinite(step_metrics["loss"])) | (~torch.isfinite(grad_norm))
-            if all_sum(bad.float()).item() > 0:
-                raise DataError(
-                    f"objective {name}: loss or gradient is not finite at step {step + 1}; "
-                    + kept_note(checkpoint_path)
-                )
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            tau = objective.ema_tau((step + 1) / t.steps)
-            for online, target in objective.ema_pairs():
-                ema_update(target, online, tau)
-
-            window_samples += t.batch_size
-            for key, value in step_metrics.items():
-                totals[key] = totals.get(key, 0.0) + value
+        for step in range(run.start, t.steps):
+            grad_norm = _train_step(run, step, window)
             done = step + 1
             if done % t.log_every == 0 or done == t.steps:
-                elapsed = time.perf_counter() - window_start
-                n = t.log_every if done % t.log_every == 0 else done % t.log_every
-                values = {k: all_mean(v / n).item() for k, v in totals.items()}
-                values.update(
-                    lr=scheduler.get_last_lr()[0],
-                    grad_norm=grad_norm.item(),
-                    samples_per_s=window_samples / elapsed,
-                    data_wait=window_wait / elapsed,
-                )
-                writer.metrics(done, values)
-                bar.set_postfix(
-                    loss=f"{values['loss']:.4f}",
-                    sps=f"{values['samples_per_s']:.0f}",
-                    wait=f"{values['data_wait']:.0%}",
-                )
-                totals, window_start, window_wait, window_samples = {}, time.perf_counter(), 0.0, 0
+                _log(run, done, window, grad_norm, bar)
+                window = _Window()
             if done % t.save_every == 0 or done == t.steps:
-                save(done)
+                _save(run, done)
             bar.update()
     finally:
         bar.close()
-        writer.close()
+        run.writer.close()
 
-    encoder_path = out / ENCODER
-    if dist.is_main:
+    encoder_path = run.out / ENCODER
+    if run.dist.is_main:
         export_encoder(
-            objective.encoder, encoder_path, {"objective": name, "steps": t.steps, "data": str(data)}
+            run.objective.encoder, encoder_path, {"objective": name, "steps": t.steps, "data": str(data)}
         )
         log.info("pretrain %s: %d steps done; encoder at %s", name, t.steps, encoder_path)
     return encoder_path
@@ -286,7 +294,7 @@ def export_from_run(run: Path, out: Path) -> Path:
     path = Path(run) / CHECKPOINT
     if not path.is_file():
         raise UsageError(f"{path} does not exist; is {run} a pre-training run?")
-    saved = load_checkpoint(path)
+    saved = load_checkpoint(path, "pretrain")
     from atari_pb.models.encoder import ModelConfig
 
     encoder = Encoder(ModelConfig(**saved["config"]["model"]))
