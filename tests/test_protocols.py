@@ -1,0 +1,101 @@
+"""Every registered fine-tuning protocol, swept the way the objectives are: its YAML loads and is checked,
+it trains a tiny agent on a real game through the one `train(cfg, task)` signature, the encoder is only
+read, the backbone stays frozen unless `train_backbone` (the e2e baseline), the agent plays the game's
+actions, and the result counts gradient and environment steps apart. Adding a protocol means adding its
+quick settings here, or this file fails."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from atari_pb.envs.atari import make_vector_env, num_actions
+from atari_pb.errors import UsageError
+from atari_pb.finetune.base import (
+    PROTOCOLS,
+    FinetuneResult,
+    FinetuneTask,
+    Protocol,
+    load_protocol_config,
+    protocol_names,
+    register,
+)
+from atari_pb.games import get_game
+from atari_pb.models.encoder import Encoder, ModelConfig
+
+# a few gradient steps on the tiny preset; "env" tells whether the protocol plays the game while training
+QUICK = {
+    "offline_bc": (["train.max_steps=3", "train.batch_size=8", "train.loader_threads=0"], False),
+    "rainbow": (
+        [
+            "train.env_steps=40",
+            "train.learning_starts=30",
+            "train.updates_per_step=1",
+            "train.batch_size=4",
+            "train.eps_decay_steps=10",
+            "agent.n_step=3",
+            "replay.capacity=500",
+            "env.horizon=20",
+        ],
+        True,
+    ),
+}
+GAME = get_game("breakout")
+
+
+def test_every_protocol_has_quick_settings_here():
+    assert sorted(QUICK) == protocol_names()
+
+
+@pytest.mark.parametrize("name", protocol_names())
+@pytest.mark.parametrize("train_backbone", [False, True], ids=["frozen", "e2e"])
+def test_protocol_trains_through_the_one_signature(name, train_backbone, shard_dir):
+    torch.set_num_threads(1)
+    overrides, plays = QUICK[name]
+    protocol = PROTOCOLS[name]
+    cfg = load_protocol_config(name, overrides)
+    assert isinstance(cfg, protocol.Config)
+    torch.manual_seed(0)
+    encoder = Encoder(ModelConfig(preset="tiny"))
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    data = shard_dir if protocol.needs_data else None
+    task = FinetuneTask(GAME, encoder, seed=0, train_backbone=train_backbone, data=data, progress=False)
+    result = protocol.train(cfg, task)
+
+    assert isinstance(result, FinetuneResult) and result.gradient_steps > 0
+    assert (result.env_steps > 0) == plays and result.seconds > 0
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())  # only read
+    trained = result.agent.backbone.state_dict()
+    moved = any(not torch.equal(before[f"backbone.{k}"], v) for k, v in trained.items())
+    assert moved == train_backbone
+    # the agent plays the game: greedy actions index its minimal action set
+    env, obs = make_vector_env(GAME, 3, protocol_env(cfg), seed=0)
+    env.close()
+    actions = result.agent.act(torch.from_numpy(obs))
+    assert actions.shape == (3,) and actions.dtype == torch.int64
+    assert ((actions >= 0) & (actions < num_actions(GAME))).all()
+
+
+def protocol_env(cfg):
+    from atari_pb.envs.atari import EnvConfig
+
+    return getattr(cfg, "env", EnvConfig())
+
+
+def test_registry_refuses_unknown_and_duplicate_names():
+    with pytest.raises(UsageError, match="unknown protocol 'bc'; valid protocols: offline_bc, rainbow"):
+        load_protocol_config("bc")
+
+    class Again(Protocol):
+        name = "rainbow"
+
+    with pytest.raises(UsageError, match="protocol 'rainbow' is registered twice"):
+        register(Again)
+    assert PROTOCOLS["rainbow"] is not Again
+
+
+def test_protocol_checks_refuse_bad_values():
+    with pytest.raises(UsageError, match="train.batch_size and train.epochs must be positive"):
+        load_protocol_config("offline_bc", ["train.epochs=0"])
+    with pytest.raises(UsageError, match="replay.capacity=10 is too small"):
+        load_protocol_config("rainbow", ["replay.capacity=10"])
