@@ -66,10 +66,12 @@ def same_run(
     config dicts) and every dotted `key` (section.field) must be what the checkpoint was made with. Budgets
     and intervals are left out by the caller, so a run may be continued for longer."""
     for section in sections:
-        if saved.get(section) != now.get(section):
-            raise UsageError(
-                f"{path}: the run was made with {section}={saved.get(section)}, not {now.get(section)}"
-            )
+        was, is_ = saved.get(section), now.get(section)
+        if was != is_:
+            if isinstance(was, Mapping) and isinstance(is_, Mapping):  # name the first differing key
+                key = next(k for k in (*was, *is_) if was.get(k) != is_.get(k))
+                section, was, is_ = f"{section}.{key}", was.get(key), is_.get(key)
+            raise UsageError(f"{path}: the run was made with {section}={was}, not {is_}")
     for key in keys:
         section, name = key.split(".", 1)
         was, is_ = saved.get(section, {}).get(name), now.get(section, {}).get(name)
