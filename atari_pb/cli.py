@@ -112,6 +112,7 @@ def cmd_download(args: argparse.Namespace, overrides: list[str]) -> int:
         **({"base_url": args.base_url} if args.base_url else {}),
         retries=args.retries,
         timeout=args.timeout,
+        fallback=not args.no_fallback,
     )
     log.info("download: %s", report)
     return 0
@@ -192,6 +193,16 @@ def cmd_export_encoder(args: argparse.Namespace, overrides: list[str]) -> int:
     if overrides:
         raise UsageError(f"export-encoder takes no overrides (got {' '.join(overrides)})")
     path = export_from_run(args.run, args.out)
+    log.info("wrote %s and %s", path, path.with_suffix(".json"))
+    return 0
+
+
+def cmd_import_encoder(args: argparse.Namespace, overrides: list[str]) -> int:
+    from atari_pb.models.official import import_official
+
+    if overrides:
+        raise UsageError(f"import-encoder takes no overrides (got {' '.join(overrides)})")
+    path = import_official(args.checkpoint, args.objective, args.out, trust_pickle=args.trust_pickle)
     log.info("wrote %s and %s", path, path.with_suffix(".json"))
     return 0
 
@@ -365,6 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-url", default=None, help="where the DQN-Replay tree is served")
     p.add_argument("--retries", type=int, default=5)
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument(
+        "--no-fallback",
+        action="store_true",
+        help="exactly the checkpoints asked for: a missing checkpoint 50 is an error instead of being "
+        "replaced by 49, then 48, as the released Atari-PB script does (recorded in <Game>/<run>/download.json)",
+    )
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("ingest", help="DQN-Replay checkpoints -> HDF5 shards + manifest.json")
@@ -443,6 +460,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="pre-training run directory")
     p.add_argument("--out", type=Path, required=True, help="encoder.safetensors to write")
     p.set_defaults(func=cmd_export_encoder)
+
+    p = sub.add_parser(
+        "import-encoder", help="convert a released Atari-PB checkpoint (.pth) to safetensors + JSON config"
+    )
+    p.add_argument("checkpoint", type=Path, help="a pre-trained checkpoint released by Atari-PB (.pth)")
+    p.add_argument(
+        "--objective",
+        required=True,
+        help="the objective it was pre-trained with: one of {objectives} that the released code trains",
+    )
+    p.add_argument("--out", type=Path, required=True, help="encoder.safetensors to write")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="load it even if it needs arbitrary pickle (which can execute code): only for trusted files",
+    )
+    p.set_defaults(func=cmd_import_encoder)
 
     p = sub.add_parser("eval", help="aggregate results records of one split (rliable) into a Markdown table")
     p.add_argument("--results", type=Path, required=True, help="results directory of fine-tuning records")

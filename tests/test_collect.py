@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 
 import numpy as np
 import pytest
@@ -99,6 +100,10 @@ def test_cross_domain_random_collection_via_cli(tmp_path):
         (["--games", "pong", "--runs", 0, "--ckpts", 0], "must be distinct integers >= 1"),
         (["--games", "pongo", "--runs", 1, "--ckpts", 0], "unknown game"),
         (["--games", "pong", "--runs", 1, "--ckpts", 0, "--transitions", 2], "at least 5"),
+        (
+            ["--games", "pong", "--runs", 1, "--ckpts", 0, "collect.reward=sign"],
+            "reward='sign': must be one of clipped, raw",
+        ),
     ],
 )
 def test_bad_requests(tmp_path, args, words):
@@ -128,3 +133,43 @@ def test_destination_is_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(UsageError, match="is a file"):
         collect(tmp_path / "f", [get_game("pong")], [1], [0], CollectConfig(transitions_per_ckpt=10))
+
+
+@pytest.fixture(scope="module")
+def boxing(tmp_path_factory):
+    """Boxing played twice with the same seed, rewards stored clipped (the default) and raw: a random
+    policy ignores rewards, so both runs are the same play. Boxing scores 2 for a close punch."""
+    roots = {}
+    for reward in ("clipped", "raw"):
+        roots[reward] = tmp_path_factory.mktemp(f"boxing_{reward}")
+        cfg = CollectConfig(
+            transitions_per_ckpt=1000, seed=0, **({"reward": reward} if reward == "raw" else {})
+        )
+        collect(roots[reward], [get_game("boxing")], [1], [0], cfg)
+    return roots
+
+
+def test_rewards_are_clipped_as_dqn_replay_stores_them(boxing):
+    clipped = _load(replay_file(boxing["clipped"], "Boxing", 1, "reward", 0))
+    raw = _load(replay_file(boxing["raw"], "Boxing", 1, "reward", 0))
+    assert clipped.dtype == raw.dtype == np.float32
+    assert np.abs(raw).max() > 1 and (raw > 1).any() and (raw < -1).any()  # the game's own scores
+    assert set(np.unique(clipped)) <= {-1.0, 0.0, 1.0}  # DQN-Replay's $store$_reward values
+    np.testing.assert_array_equal(clipped, np.clip(raw, -1, 1))
+    np.testing.assert_array_equal(np.sign(clipped), np.sign(raw))
+    for field in ("observation", "action", "terminal"):  # the same play: only the rewards differ
+        assert (
+            replay_file(boxing["clipped"], "Boxing", 1, field, 0).read_bytes()
+            == replay_file(boxing["raw"], "Boxing", 1, field, 0).read_bytes()
+        ), field
+
+
+def test_the_reward_choice_is_recorded_and_kept(boxing):
+    for reward, root in boxing.items():
+        record = json.loads((root / "Boxing" / "1" / "collect.json").read_text())
+        assert record["config"]["reward"] == reward
+    assert CollectConfig().reward == "clipped"
+    with pytest.raises(UsageError, match="collected with other settings"):  # never mixed into one run
+        collect(
+            boxing["raw"], [get_game("boxing")], [1], [0], CollectConfig(transitions_per_ckpt=1000, seed=0)
+        )

@@ -7,7 +7,9 @@ real sockets.
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import threading
 import time
 import urllib.parse
@@ -20,8 +22,8 @@ import pytest
 
 from atari_pb.data import ShardSet
 from atari_pb.data.collect import CollectConfig, collect
-from atari_pb.data.download import download, replay_url
-from atari_pb.data.replay_format import read_store_prefix, relative_replay_file
+from atari_pb.data.download import RECORD_NAME, download, replay_url
+from atari_pb.data.replay_format import ALL_FIELDS, read_store_prefix, relative_replay_file, replay_file
 from atari_pb.errors import DataError, UsageError
 from atari_pb.games import get_game
 
@@ -36,7 +38,9 @@ OBS = relative_replay_file("Pong", 1, "observation", 0)
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, root: Path, drops=0, drop_after=50, fails=0, stall=0.0, ignore_range=False):
+    def __init__(
+        self, root: Path, drops=0, drop_after=50, fails=0, stall=0.0, ignore_range=False, head_fails=0
+    ):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.root = root
         self.drops = drops  # the first `drops` requests of each file stop after `drop_after` body bytes
@@ -44,9 +48,11 @@ class _Server(ThreadingHTTPServer):
         self.fails = fails  # the first `fails` requests of each file get a 503
         self.stall = stall  # the first answered request of OBS goes quiet for `stall` s after 2 KiB of body
         self.ignore_range = ignore_range
+        self.head_fails = head_fails  # the first `head_fails` HEAD requests of each file get a 503
         self.lock = threading.Lock()
         self.sent: Counter[str] = Counter()  # file -> body bytes sent
-        self.requests: list[tuple[str, str | None]] = []  # (file, Range header)
+        self.requests: list[tuple[str, str | None]] = []  # (file, Range header) of each GET
+        self.heads: list[str] = []  # the file of each HEAD request
 
     @property
     def base_url(self) -> str:
@@ -62,9 +68,28 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args) -> None:  # keep test output quiet
         pass
 
+    def _rel(self) -> str:
+        return urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).removeprefix("/dqn/")
+
+    def do_HEAD(self) -> None:  # what `gsutil stat` asks the bucket
+        srv = self.server
+        rel = self._rel()
+        with srv.lock:
+            earlier = srv.heads.count(rel)
+            srv.heads.append(rel)
+        file = (srv.root / rel).resolve()
+        if not file.is_relative_to(srv.root) or not file.is_file():
+            self.send_error(404)
+        elif earlier < srv.head_fails:
+            self.send_error(503)
+        else:
+            self.send_response(200)
+            self.send_header("Content-Length", str(file.stat().st_size))
+            self.end_headers()
+
     def do_GET(self) -> None:
         srv = self.server
-        rel = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).removeprefix("/dqn/")
+        rel = self._rel()
         range_header = self.headers.get("Range")
         with srv.lock:
             earlier = len(srv.ranges(rel))
@@ -122,8 +147,8 @@ def tree(tmp_path_factory) -> Path:
 def serve(tree):
     servers: list[_Server] = []
 
-    def start(**flags) -> _Server:
-        server = _Server(tree, **flags)
+    def start(root: Path | None = None, **flags) -> _Server:
+        server = _Server(tree if root is None else root, **flags)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(server)
         return server
@@ -326,3 +351,202 @@ def test_cli_prefix_download_then_ingest(tree, serve, tmp_path):
     np.testing.assert_array_equal(
         ShardSet(shards).maps[0][:200], frames(tree / "Pong/1/replay_logs/$store$_observation_ckpt.0.gz", 200)
     )
+
+
+# --- The checkpoint fallback of the released script: 50 -> 49 -> 48 (download.py's docstring) ---
+
+FB_TRANSITIONS = 300
+FB_SAMPLES = 200
+OFFLINE_BC = Path(__file__).resolve().parents[1] / "datasets" / "offline_bc.yaml"
+
+
+@pytest.fixture(scope="module")
+def ckpt_tree(tmp_path_factory) -> Path:
+    """Pong runs 1 and 2 with checkpoints 48, 49 and 50, as the bucket holds them."""
+    root = tmp_path_factory.mktemp("dqn_replay_48_50")
+    collect(root, [PONG], [1, 2], [48, 49, 50], CollectConfig(transitions_per_ckpt=FB_TRANSITIONS))
+    return root.resolve()
+
+
+def variant(ckpt_tree: Path, where: Path, drop: dict[int, tuple[str, ...]], run: int = 1) -> Path:
+    """A copy of ckpt_tree whose `run` lacks, for each checkpoint in `drop`, the files of those fields."""
+    root = where / "served"
+    shutil.copytree(ckpt_tree, root)
+    for ckpt, fields in drop.items():
+        for fld in fields:
+            replay_file(root, "Pong", run, fld, ckpt).unlink()
+    return root.resolve()
+
+
+def fetch50(server: _Server, dest: Path, runs=(1, 2), ckpts=(50,), **kw):
+    kw = {
+        "retries": 3,
+        "timeout": 5.0,
+        "backoff": 0.01,
+        "progress": False,
+        "samples_per_ckpt": FB_SAMPLES,
+    } | kw
+    return download(dest, [PONG], list(runs), list(ckpts), base_url=server.base_url, **kw)
+
+
+def ckpts_in(root: Path, run: int) -> dict[int, set[str]]:
+    """Checkpoint -> names of the files (finished or .part) that `root` holds for Pong `run`."""
+    held: dict[int, set[str]] = {}
+    logs = root / "Pong" / str(run) / "replay_logs"
+    for p in logs.iterdir() if logs.is_dir() else []:
+        held.setdefault(int(p.name.split("_ckpt.")[1].split(".")[0]), set()).add(p.name)
+    return held
+
+
+def record(root: Path, run: int) -> dict | None:
+    path = root / "Pong" / str(run) / RECORD_NAME
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def test_missing_ckpt_50_falls_back_to_49_then_ingests(ckpt_tree, serve, tmp_path):
+    """Run 1 has no checkpoint 50 on the server: the CLI download takes 49 for it (run 2 keeps 50),
+    records it, and `ingest --dataset datasets/offline_bc.yaml` builds a shard from checkpoint 49, named
+    and listed as such."""
+    from .test_ingest import atari_pb
+
+    server = serve(root=variant(ckpt_tree, tmp_path, {50: ALL_FIELDS}))
+    dest, shards = tmp_path / "replay", tmp_path / "shards"
+    selection = [
+        "--dataset",
+        OFFLINE_BC,
+        "--games",
+        "pong",
+        "--runs",
+        "1",
+        "2",
+        "--samples-per-ckpt",
+        FB_SAMPLES,
+    ]
+    proc = atari_pb("download", dest, *selection, "--base-url", server.base_url, "--retries", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "ckpt 50 -> 49" in proc.stderr or "using checkpoint 49" in proc.stderr
+    assert record(dest, 1) == {"used_ckpt": {"50": 49}} and record(dest, 2) == {"used_ckpt": {"50": 50}}
+    assert set(ckpts_in(dest, 1)) == {49} and len(ckpts_in(dest, 1)[49]) == len(ALL_FIELDS)
+    assert set(ckpts_in(dest, 2)) == {50}
+    # Probed as `gsutil stat` does, observation first; nothing of run 1's checkpoint 50 was ever fetched.
+    obs = lambda run, k: relative_replay_file("Pong", run, "observation", k)  # noqa: E731
+    assert server.heads[: 1 + len(ALL_FIELDS)] == [obs(1, 50)] + [
+        relative_replay_file("Pong", 1, f, 49) for f in ALL_FIELDS
+    ]
+    assert not any("ckpt.50" in rel for rel, _ in server.requests if rel.startswith("Pong/1/"))
+    np.testing.assert_array_equal(
+        frames(dest / obs(1, 49), FB_SAMPLES), frames(ckpt_tree / obs(1, 49), FB_SAMPLES)
+    )
+
+    # A rerun follows the record: no probe, nothing fetched.
+    heads, sent = len(server.heads), server.sent.copy()
+    report = fetch50(server, dest)
+    assert (report.files_fetched, report.fallbacks) == (0, ["Pong run 1: ckpt 50 -> 49"])
+    assert len(server.heads) == heads and server.sent == sent
+
+    ingest = ["ingest", dest, shards, *selection]
+    assert atari_pb(*ingest, check=True).returncode == 0
+    manifest = json.loads((shards / "manifest.json").read_text())
+    got = {(e["run"], e["ckpt"]): (e["path"], e["source"]) for e in manifest["shards"]}
+    assert got == {(1, 49): ("pong/run1_ckpt49.h5", obs(1, 49)), (2, 50): ("pong/run2_ckpt50.h5", obs(2, 50))}
+    assert atari_pb("verify", shards).returncode == 0
+    shard = ShardSet(shards)
+    k = [s.ckpt for s in shard.shards].index(49)
+    np.testing.assert_array_equal(shard.maps[k][:], frames(ckpt_tree / obs(1, 49), FB_SAMPLES))
+    before = (shards / "manifest.json").read_bytes()
+    assert atari_pb(*ingest, check=True).returncode == 0  # finds the ckpt-49 shard: nothing rebuilt
+    assert (shards / "manifest.json").read_bytes() == before
+
+
+def test_any_missing_file_of_ckpt_50_falls_back(ckpt_tree, serve, tmp_path):
+    """Not only the observation file: a checkpoint is used whole or not at all."""
+    server = serve(root=variant(ckpt_tree, tmp_path, {50: ("terminal",)}))
+    dest = tmp_path / "out"
+    report = fetch50(server, dest, runs=[1])
+    assert report.fallbacks == ["Pong run 1: ckpt 50 -> 49"] and record(dest, 1) == {"used_ckpt": {"50": 49}}
+    assert set(ckpts_in(dest, 1)) == {49}  # not even 50's observation, which the server has
+    assert [r for r in server.heads if "ckpt.50" in r][-1] == relative_replay_file("Pong", 1, "terminal", 50)
+
+
+def test_falls_back_to_48_when_49_is_missing_too(ckpt_tree, serve, tmp_path):
+    server = serve(root=variant(ckpt_tree, tmp_path, {50: ALL_FIELDS, 49: ("observation",)}))
+    dest = tmp_path / "out"
+    assert fetch50(server, dest, runs=[1]).fallbacks == ["Pong run 1: ckpt 50 -> 48"]
+    assert record(dest, 1) == {"used_ckpt": {"50": 48}} and set(ckpts_in(dest, 1)) == {48}
+
+
+def test_no_fallback_asks_for_exactly_50(ckpt_tree, serve, tmp_path):
+    server = serve(root=variant(ckpt_tree, tmp_path, {50: ALL_FIELDS}))
+    with pytest.raises(UsageError) as err:
+        fetch50(server, tmp_path / "out", runs=[1], fallback=False)
+    assert replay_url(server.base_url, "Pong", 1, "observation", 50) in str(err.value)
+    assert server.heads == [] and not (tmp_path / "out").exists()
+
+
+def test_no_ckpt_to_fall_back_to_fails_in_one_line(ckpt_tree, serve, tmp_path):
+    """Run 1 lacks 50, 49 and 48: one line naming the game, the run and the checkpoints tried; run 2,
+    downloaded before it, stays finished, and nothing of run 1 is left behind."""
+    from .conftest import one_error_line
+    from .test_ingest import atari_pb
+
+    server = serve(root=variant(ckpt_tree, tmp_path, {k: ("observation",) for k in (48, 49, 50)}))
+    dest = tmp_path / "out"
+    selection = ["--games", "pong", "--runs", "2", "1", "--ckpts", "50", "--samples-per-ckpt", FB_SAMPLES]
+    line = one_error_line(atari_pb("download", dest, *selection, "--base-url", server.base_url), 2)
+    assert "Pong run 1: checkpoints 50, 49, 48 are all missing" in line
+    assert "$store$_observation_ckpt.48.gz" in line
+    assert set(ckpts_in(dest, 2)) == {50} and record(dest, 2) == {"used_ckpt": {"50": 50}}
+    assert ckpts_in(dest, 1) == {} and record(dest, 1) is None
+    assert not any(rel.startswith("Pong/1/") for rel, _ in server.requests)  # only probed
+
+
+@pytest.mark.parametrize("head_fails", [2, 100])
+def test_server_errors_while_probing_are_retried_not_a_fallback(ckpt_tree, serve, tmp_path, head_fails):
+    server = serve(root=ckpt_tree, head_fails=head_fails)
+    dest = tmp_path / "out"
+    if head_fails == 2:
+        assert fetch50(server, dest, runs=[1]).fallbacks == []
+        assert record(dest, 1) == {"used_ckpt": {"50": 50}}
+        assert server.heads.count(relative_replay_file("Pong", 1, "observation", 50)) == 3
+    else:
+        with pytest.raises(DataError, match="failed after 3 retries.*HTTP Error 503"):
+            fetch50(server, dest, runs=[1])
+        assert server.heads == [relative_replay_file("Pong", 1, "observation", 50)] * 4
+        assert not dest.exists()
+
+
+def test_a_corrupt_ckpt_50_is_an_error_not_a_fallback(ckpt_tree, serve, tmp_path):
+    root = variant(ckpt_tree, tmp_path, {})
+    replay_file(root, "Pong", 1, "observation", 50).write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)) * 64)
+    server = serve(root=root)
+    dest = tmp_path / "out"
+    with pytest.raises(DataError, match="corrupt gzip data"):
+        fetch50(server, dest, runs=[1])
+    assert not any("ckpt.49" in rel for rel, _ in server.requests)
+    assert record(dest, 1) is None
+    assert ckpts_in(dest, 1) == {50: {"$store$_observation_ckpt.50.gz.part"}}  # unfinished, never renamed
+
+
+def test_a_fallback_onto_a_requested_ckpt_is_refused(ckpt_tree, serve, tmp_path):
+    server = serve(root=variant(ckpt_tree, tmp_path, {50: ALL_FIELDS}))
+    with pytest.raises(UsageError, match="checkpoint 50 is missing and falls back to 49, which is requested"):
+        fetch50(server, tmp_path / "out", runs=[1], ckpts=[49, 50])
+
+
+@pytest.mark.parametrize(
+    ("used_ckpt", "ckpts", "error", "match"),
+    [
+        ({"50": 49}, [49, 50], UsageError, "checkpoints 49 and 50 both read checkpoint 49"),
+        ({"50": 47}, [50], DataError, "50 -> 47 is not a fallback of the released rule"),
+        ({"50": "x"}, [50], DataError, "malformed download record"),
+        ({"50": 48}, [50], UsageError, r"ckpt\.48\.gz does not exist \(checkpoint 50 falls back to 48"),
+    ],
+)
+def test_ingest_checks_the_download_record(ckpt_tree, tmp_path, used_ckpt, ckpts, error, match):
+    from atari_pb.data.ingest import plan_ingest
+
+    root = variant(ckpt_tree, tmp_path, {48: ("observation",)})
+    (root / "Pong" / "1" / RECORD_NAME).write_text(json.dumps({"used_ckpt": used_ckpt}))
+    with pytest.raises(error, match=match):
+        plan_ingest(root, tmp_path / "shards", [PONG], [1], ckpts, FB_SAMPLES)
+    assert not (tmp_path / "shards").exists()

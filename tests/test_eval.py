@@ -59,9 +59,11 @@ def test_dqn_normalized_hand_values():
     # Far-OOD klax: random 0.3734, Rainbow 2M 2124.75
     assert dqn_normalized("klax", 1062.5617) == pytest.approx(0.5)
     assert dqn_normalized("klax", 0.3734) == 0.0
-    # montezuma_revenge: random = DQN = 0, an empty range: sign(score - 0)
+    # montezuma_revenge: random = DQN = 0, an empty range: the released formula gives score / 1e-6
     assert dqn_normalized("montezuma_revenge", 0.0) == 0.0
-    assert dqn_normalized("montezuma_revenge", 400.0) == 1.0
+    assert dqn_normalized("montezuma_revenge", 400.0) == pytest.approx(4e8)
+    # everywhere else the released 1e-6 in the denominator is invisible at float precision of the scores
+    assert dqn_normalized("boxing", 50.0) == pytest.approx((50.0 - 0.1) / (77.99 - 0.1 + 1e-6), rel=1e-12)
 
 
 def test_human_normalized_hand_values():

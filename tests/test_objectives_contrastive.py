@@ -173,7 +173,8 @@ def test_r3m_penalties_are_r3m_norms_of_the_embedding():
 
 def test_sample_specs_and_config_checks():
     a, r, p = (build(n).sample_spec() for n in ("atc", "r3m", "proto"))
-    assert (a.n_step, a.random_future) == (3, True)
+    assert (a.n_step, a.random_future) == (3, False)  # released: the key exactly 3 steps ahead
+    assert build("atc", ("objective.random_future=true",)).sample_spec().random_future
     assert (r.n_step, r.extra_offsets, r.random_future) == (6, [3], False)
     assert (p.n_step, p.random_future) == (1, False)
     with pytest.raises(UsageError):

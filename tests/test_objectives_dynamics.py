@@ -196,7 +196,8 @@ def test_idm_objective_ignores_pairs_across_an_episode_end():
 def test_spr_idm_is_the_weighted_sum_of_spr_and_idm():
     cfg = SPRIDMConfig(spr_weight=0.7, idm_weight=1.9)
     combo = SPRIDM(cfg, tiny_encoder(), A)
-    spr = SPR(SPRConfig(), tiny_encoder(seed=5), A)
+    assert cfg.loss == "cosine" and SPRConfig().loss == "infonce"  # as the released trainers
+    spr = SPR(SPRConfig(loss="cosine"), tiny_encoder(seed=5), A)
     missing, unexpected = spr.load_state_dict(combo.state_dict(), strict=False)
     assert not missing and all(k.startswith("inverse.") for k in unexpected)
     batch = sequence_batch(b=3)

@@ -160,8 +160,12 @@ def test_cql_loss_on_hand_made_q_tables(variant, double_q, monkeypatch):
     assert loss.item() == pytest.approx((td + 0.1 * penalty).item(), rel=1e-5)
 
 
-def test_cql_targets_are_fixed_tau_ema_copies():
-    obj = CQL(CQLConfig(), tiny_encoder(), 18)
+def test_cql_target_stays_fixed_as_released_or_is_a_fixed_tau_ema_copy():
+    released = CQL(CQLConfig(), tiny_encoder(), 18)
+    assert released.ema_pairs() == [] and not released.cfg.double_q  # never updated; the target picks
+    for p, q in zip(released.encoder.parameters(), released.target_encoder.parameters()):
+        assert torch.equal(p, q) and not q.requires_grad  # a copy of the initial weights
+    obj = CQL(CQLConfig(update_target=True), tiny_encoder(), 18)
     assert obj.sample_spec().n_step == 3 and obj.sample_spec().gamma == 0.99
     assert obj.ema_tau(0.0) == obj.ema_tau(1.0) == 0.99
     pairs = obj.ema_pairs()

@@ -3,9 +3,15 @@
 Each requested run of a game is one environment of an `AtariVectorEnv`, stepped in lock-step with the
 others; each checkpoint is the next `transitions_per_ckpt` transitions of that run's stream, so a checkpoint
 may start mid-episode, as a real one does. Transition i holds the frame the action was chosen on
-(observation[i]), the action, the raw reward received and terminal[i] = 1 when the episode ended with it
+(observation[i]), the action, the reward received and terminal[i] = 1 when the episode ended with it
 (game over or the 27,000-step horizon), exactly as Dopamine logged DQN-Replay. Like DQN-Replay, the
 logging environment uses sticky actions (p = 0.25 by default) and no no-op starts.
+
+The reward is stored clipped to [-1, 1] by default (`collect.reward: clipped`), as in DQN-Replay: Dopamine's
+Runner clips the game's reward (`np.clip(reward, -1, 1)`, `clip_rewards=True`) before the agent's
+`_store_transition` logs it, so the published `$store$_reward` arrays hold -1, 0 and 1 (ALE rewards are
+whole points). `collect.reward: raw` stores the game's own score increments instead; the choice
+is kept in the run's collect.json.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from atari_pb.games import Game
 log = logging.getLogger(__name__)
 
 POLICIES = ("random", "eps-greedy:<agent.safetensors>")
+REWARDS = ("clipped", "raw")  # collect.reward: DQN-Replay's clipped rewards, or the game's own
 STACK_SIZE = 4  # Dopamine's replay stack size, for the invalid range
 UPDATE_HORIZON = 1  # Dopamine's default update horizon, for the invalid range
 _WRITE_BLOCK = 1024  # frames buffered before a compress call
@@ -46,6 +53,7 @@ class CollectConfig:
     seed: int = 0
     compress_level: int = 6
     num_threads: int = 0  # ALE vector-env threads; 0 = one per core
+    reward: str = "clipped"  # clipped: np.clip(r, -1, 1), as DQN-Replay stores it | raw: the score change
 
 
 def invalid_range(cursor: int, capacity: int) -> np.ndarray:
@@ -161,7 +169,8 @@ def collect_game(
                     frames[:, i % _WRITE_BLOCK] = obs[:, -1]
                     a = policy.act(obs).astype(np.int32)
                     obs, r, term, trunc, _ = env.step(a)
-                    action[:, i], reward[:, i], terminal[:, i] = a, r, term | trunc
+                    action[:, i], terminal[:, i] = a, term | trunc
+                    reward[:, i] = r if cfg.reward == "raw" else np.clip(r, -1.0, 1.0)  # DQN-Replay clips
                     if (i + 1) % _WRITE_BLOCK == 0 or i + 1 == n:
                         for w, block in zip(writers, frames):
                             w.write(block[: i % _WRITE_BLOCK + 1])
@@ -234,6 +243,8 @@ def collect(
             f"transitions_per_ckpt={cfg.transitions_per_ckpt}: must be at least {STACK_SIZE + 1}"
         )
     check_policy(cfg, games)
+    if cfg.reward not in REWARDS:
+        raise UsageError(f"reward={cfg.reward!r}: must be one of {', '.join(REWARDS)}")
     if not 0.0 <= cfg.sticky_action_prob <= 1.0:
         raise UsageError(f"sticky_action_prob={cfg.sticky_action_prob}: must be within [0, 1]")
     check_ids("runs", runs, 1)

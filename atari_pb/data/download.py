@@ -9,12 +9,33 @@ a valid prefix, and a prefix is all that ingest reads.
 Every file is written to `<name>.part` and renamed once complete, so an interrupted download leaves either
 nothing or a `.part` that the next run continues with an HTTP Range request. Dropped connections are
 retried the same way, from the byte they stopped at.
+
+Checkpoint fallback (on by default; `fallback=False`, `atari-pb download --no-fallback` for exact requests).
+The released Atari-PB script (scripts/download_offline_bc_dataset.sh, lines 10-21) allows for runs whose
+checkpoint 50 is missing from the bucket: it then takes checkpoint 49, and failing that 48, and nothing
+else: checkpoint 50 is the only one that falls back (the pre-training script, checkpoints 1-10, has
+no fallback). The same rule here: a requested checkpoint 50 is probed with HTTP HEAD requests (the
+script's `gsutil stat`) before anything is written, and when the server answers 404 for any of its files
+(observation or any other) the next one down is probed, so that all files of a checkpoint come from one
+checkpoint. (The script decides file by file, which could pair one checkpoint's observations with
+another's rewards.) Only a 404 falls back: a network failure or a server error is retried and then fails,
+and a corrupt file fails, as for any file. When none of 50, 49, 48 is complete, the download stops with
+one line naming the game, the run and the checkpoints tried, before writing anything of that run.
+
+The checkpoint a request ended up with is recorded once its files are complete, in
+`<dest>/<Game>/<run>/download.json` (`{"used_ckpt": {"50": 49}}`, 50 -> 50 when none was needed). The
+files keep their true names (`$store$_observation_ckpt.49.gz`), and `ingest` reads the record: asked for
+checkpoint 50 it builds the shard from checkpoint 49's files and names it after the checkpoint it holds,
+`<game>/run<r>_ckpt49.h5`, with `ckpt: 49` in the manifest (the released script instead saved the files
+under 50's name). A later download of the same request follows the record without probing again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import io
+import json
 import logging
 import os
 import re
@@ -38,6 +59,7 @@ from atari_pb.data.replay_format import (
     file_name,
     read_npy_header,
     replay_file,
+    run_dir,
 )
 from atari_pb.errors import DataError, UsageError
 from atari_pb.games import Game
@@ -47,6 +69,10 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://storage.googleapis.com/atari-replay-datasets/dqn"
 RUNS = range(1, 6)  # DQN-Replay logged runs 1-5 of each game ...
 CKPTS = range(0, 51)  # ... each with checkpoints 0-50
+# The released rule (scripts/download_offline_bc_dataset.sh, lines 10-21): a missing checkpoint 50 is
+# replaced by 49, then 48; no other checkpoint falls back.
+FALLBACK_CKPTS: dict[int, tuple[int, ...]] = {50: (49, 48)}
+RECORD_NAME = "download.json"  # beside replay_logs/: which checkpoint each fallback request used
 
 _CHUNK = 1 << 16  # compressed bytes read from the socket or a local file at a time
 _INFLATE_CHUNK = 1 << 20  # decompressed bytes produced (and dropped) at a time
@@ -59,6 +85,9 @@ class DownloadReport:
     files_fetched: int = 0  # downloaded now (including ones finished from a .part)
     files_skipped: int = 0  # already complete in dest
     bytes_received: int = 0  # compressed bytes read from the network
+    fallbacks: list[str] = dataclasses.field(
+        default_factory=list
+    )  # "<Game> run <r>: ckpt 50 -> 49", one per fallback
 
 
 def replay_url(base_url: str, replay_name: str, run: int, field: str, ckpt: int) -> str:
@@ -79,11 +108,13 @@ def download(
     timeout: float = 60.0,
     backoff: float = 1.0,
     progress: bool = True,
+    fallback: bool = True,
 ) -> DownloadReport:
     """Mirror every (game, run, checkpoint) of DQN-Replay into `dest`, skipping files already complete.
 
     With `samples_per_ckpt`, observation files stop after that many frames; the other files are small and
-    always fetched whole.
+    always fetched whole. With `fallback`, a checkpoint 50 missing on the server is replaced by 49, then
+    48, as the released script does (see the module docstring); without it, a missing file is an error.
     """
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
@@ -98,18 +129,12 @@ def download(
         for game in games:
             for run in runs:
                 for ckpt in ckpts:
-                    for field in ALL_FIELDS:
-                        bar.set_description(f"{game.replay_name}/{run} {field} {ckpt}")
-                        path = replay_file(dest, game.replay_name, run, field, ckpt)
-                        url = replay_url(base_url, game.replay_name, run, field, ckpt)
-                        if field == "observation" and samples_per_ckpt is not None:
-                            fetched = fetcher.prefix(url, path, samples_per_ckpt)
-                        else:
-                            fetched = fetcher.whole(url, path)
-                        if fetched:
-                            report.files_fetched += 1
-                        else:
-                            report.files_skipped += 1
+                    used = _resolve_ckpt(fetcher, dest, base_url, game, run, ckpt, ckpts, fallback)
+                    _fetch_ckpt(fetcher, dest, base_url, game.replay_name, run, used, samples_per_ckpt)
+                    if ckpt in FALLBACK_CKPTS:  # the files are complete: ingest may now follow the record
+                        _record_used_ckpt(dest, game.replay_name, run, ckpt, used)
+                    if used != ckpt:
+                        report.fallbacks.append(f"{game.replay_name} run {run}: ckpt {ckpt} -> {used}")
     log.info(
         "download: %d files fetched, %d already complete, %d bytes received",
         report.files_fetched,
@@ -117,6 +142,114 @@ def download(
         report.bytes_received,
     )
     return report
+
+
+def _fetch_ckpt(
+    fetcher: _Fetcher,
+    dest: Path,
+    base_url: str,
+    replay_name: str,
+    run: int,
+    ckpt: int,
+    samples_per_ckpt: int | None,
+) -> None:
+    """Fetch the files of one checkpoint, skipping those already complete."""
+    for fld in ALL_FIELDS:
+        fetcher.bar.set_description(f"{replay_name}/{run} {fld} {ckpt}")
+        path = replay_file(dest, replay_name, run, fld, ckpt)
+        url = replay_url(base_url, replay_name, run, fld, ckpt)
+        if fld == "observation" and samples_per_ckpt is not None:
+            fetched = fetcher.prefix(url, path, samples_per_ckpt)
+        else:
+            fetched = fetcher.whole(url, path)
+        if fetched:
+            fetcher.report.files_fetched += 1
+        else:
+            fetcher.report.files_skipped += 1
+
+
+def _resolve_ckpt(
+    fetcher: _Fetcher,
+    dest: Path,
+    base_url: str,
+    game: Game,
+    run: int,
+    ckpt: int,
+    ckpts: Sequence[int],
+    fallback: bool,
+) -> int:
+    """The checkpoint whose files stand for `ckpt`: itself, or under the fallback rule the first of
+    `FALLBACK_CKPTS[ckpt]` whose files are all on the server. Writes nothing."""
+    if not fallback or ckpt not in FALLBACK_CKPTS:
+        return ckpt
+    name = game.replay_name
+    used = read_used_ckpts(dest, name, run).get(ckpt)
+    if used is None and all(replay_file(dest, name, run, fld, ckpt).exists() for fld in ALL_FIELDS):
+        used = ckpt  # downloaded before, without a record
+    if used is None:
+        missing = []
+        for candidate in (ckpt, *FALLBACK_CKPTS[ckpt]):
+            absent = _first_missing(fetcher, base_url, name, run, candidate)
+            if absent is None:
+                used = candidate
+                break
+            missing.append(file_name(absent, candidate))
+        else:
+            tried = ", ".join(map(str, (ckpt, *FALLBACK_CKPTS[ckpt])))
+            raise UsageError(
+                f"{name} run {run}: checkpoints {tried} are all missing at {base_url.rstrip('/')}/{name}/{run}/"
+                f"replay_logs (HTTP 404 for {', '.join(missing)}); pass other runs or checkpoints"
+            )
+    if used != ckpt:
+        if used in ckpts:
+            raise UsageError(
+                f"{name} run {run}: checkpoint {ckpt} is missing and falls back to {used}, which is "
+                f"requested too; leave one of them out"
+            )
+        log.warning(
+            "%s run %d: checkpoint %d is missing on the server; using checkpoint %d", name, run, ckpt, used
+        )
+    return used
+
+
+def _first_missing(fetcher: _Fetcher, base_url: str, replay_name: str, run: int, ckpt: int) -> str | None:
+    """The first file of the checkpoint that the server does not have (HTTP 404), observation first."""
+    for fld in ALL_FIELDS:
+        if not fetcher.exists(replay_url(base_url, replay_name, run, fld, ckpt)):
+            return fld
+    return None
+
+
+def _record_path(root: Path, replay_name: str, run: int) -> Path:
+    return run_dir(root, replay_name, run).parent / RECORD_NAME
+
+
+def read_used_ckpts(root: Path, replay_name: str, run: int) -> dict[int, int]:
+    """requested -> used checkpoint, from `<root>/<Game>/<run>/download.json`; {} without a record."""
+    path = _record_path(root, replay_name, run)
+    if not path.exists():
+        return {}
+    try:
+        used = {int(k): int(v) for k, v in json.loads(path.read_text())["used_ckpt"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise DataError(f"{path}: malformed download record ({err})") from None
+    for ckpt, got in used.items():
+        if got not in (ckpt, *FALLBACK_CKPTS.get(ckpt, ())):
+            raise DataError(f"{path}: checkpoint {ckpt} -> {got} is not a fallback of the released rule")
+    return used
+
+
+def _record_used_ckpt(root: Path, replay_name: str, run: int, ckpt: int, used: int) -> None:
+    """Add requested -> used to the run's record, atomically."""
+    path = _record_path(root, replay_name, run)
+    record = read_used_ckpts(root, replay_name, run)
+    if record.get(ckpt) == used:
+        return
+    record[ckpt] = used
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    doc = {"used_ckpt": {str(k): record[k] for k in sorted(record)}}
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def _check_ids(what: str, values: Sequence[int], valid: range) -> None:
@@ -172,10 +305,17 @@ class _Fetcher:
 
     def _append(self, url: str, part: Path, counter: _FrameCounter | None) -> None:
         """Append the rest of `url` to `part` (with a counter: until it has its frames), retrying."""
+        self._retrying(url, lambda: self._get(url, part, counter))
+
+    def exists(self, url: str) -> bool:
+        """Whether the server has `url` (a HEAD request): False only for an HTTP 404, retried otherwise."""
+        return self._retrying(url, lambda: self._head(url))
+
+    def _retrying(self, url: str, attempt_once):
+        """`attempt_once()`, tried again after a _RETRYABLE failure, with exponential backoff."""
         for attempt in range(self.retries + 1):
             try:
-                self._get(url, part, counter)
-                return
+                return attempt_once()
             except _RETRYABLE as err:
                 if attempt == self.retries:
                     raise DataError(
@@ -186,6 +326,19 @@ class _Fetcher:
                     "%s: %s; retry %d of %d in %.2fs", url, _describe(err), attempt + 1, self.retries, delay
                 )
                 time.sleep(delay)
+
+    def _head(self, url: str) -> bool:
+        request = urllib.request.Request(url, method="HEAD")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout):
+                return True
+        except urllib.error.HTTPError as err:
+            err.close()
+            if err.code == 404:
+                return False
+            if err.code >= 500:
+                raise  # the server's trouble, likely passing: retried
+            raise DataError(f"{url}: HTTP {err.code} {err.reason}") from None
 
     def _get(self, url: str, part: Path, counter: _FrameCounter | None) -> None:
         """One GET from the end of `part`; raises a _RETRYABLE error when the body stops short."""

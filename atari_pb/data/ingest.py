@@ -4,6 +4,12 @@ Ingest checks the whole request before it writes anything (games, runs, checkpoi
 then builds the missing shards, in worker processes when asked, and records each one in the manifest the
 moment it is complete. Killing it at any point loses at most the shards being written; running it again
 builds those and gives the same bytes as an uninterrupted run.
+
+A run downloaded with the checkpoint fallback (download.py: a missing checkpoint 50 replaced by 49, then 48)
+has a `download.json` beside its replay_logs/; a requested checkpoint listed there is read from the
+checkpoint it names, and its shard is named after the checkpoint it holds (`run1_ckpt49.h5`, `ckpt: 49` and
+the ckpt-49 file as `source` in the manifest), so `ingest --dataset datasets/offline_bc.yaml` (checkpoint
+50) works on such a tree and the manifest says where each shard came from.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from atari_pb.data.download import RECORD_NAME, read_used_ckpts
 from atari_pb.data.manifest import MANIFEST_NAME, ShardEntry, read_manifest, sha256_file, write_manifest
 from atari_pb.data.replay_format import (
     ALL_FIELDS,
@@ -87,24 +94,52 @@ def plan_ingest(
                 raise UsageError(
                     f"{logs} does not exist; runs of {game.replay_name}: {', '.join(present) or 'none'}"
                 )
-            for ckpt in ckpts:
-                for fld in ALL_FIELDS:
-                    path = replay_file(src, game.replay_name, run, fld, ckpt)
-                    if not path.is_file():
-                        have = sorted(
-                            int(name.rsplit(".", 2)[-2])
-                            for name in _available(logs, "$store$_observation_ckpt.*.gz")
-                            if name.rsplit(".", 2)[-2].isdigit()
-                        )
-                        raise UsageError(
-                            f"{path} does not exist; checkpoints of {game.replay_name} run {run}: "
-                            f"{', '.join(map(str, have)) or 'none'}"
-                        )
-                jobs.append(
-                    ShardJob(str(src), str(dst), game.name, game.replay_name, run, ckpt, samples, full_check)
-                )
+            jobs += _run_jobs(src, dst, game, run, ckpts, samples, full_check)
     for job in tqdm(jobs, unit="checkpoint", desc="check sources", disable=None, leave=False):
         check_sources(job)
+    return jobs
+
+
+def _run_jobs(
+    src: Path, dst: Path, game: Game, run: int, ckpts: Sequence[int], samples: int, full_check: bool
+) -> list[ShardJob]:
+    """One job per requested checkpoint of a run, each reading the checkpoint the download used for it
+    (download.json: a missing checkpoint 50 replaced by 49 or 48); the shard is named after that one."""
+    logs = run_dir(src, game.replay_name, run)
+    used = read_used_ckpts(src, game.replay_name, run)
+    jobs, asked_as = [], {}
+    for ckpt in ckpts:
+        source = used.get(ckpt, ckpt)
+        via = (
+            f" (checkpoint {ckpt} falls back to {source}: {logs.parent / RECORD_NAME})"
+            if source != ckpt
+            else ""
+        )
+        if source in asked_as:
+            raise UsageError(
+                f"{game.replay_name} run {run}: checkpoints {asked_as[source]} and {ckpt} both read "
+                f"checkpoint {source}{via}; leave one of them out"
+            )
+        asked_as[source] = ckpt
+        for fld in ALL_FIELDS:
+            path = replay_file(src, game.replay_name, run, fld, source)
+            if not path.is_file():
+                have = sorted(
+                    int(name.rsplit(".", 2)[-2])
+                    for name in _available(logs, "$store$_observation_ckpt.*.gz")
+                    if name.rsplit(".", 2)[-2].isdigit()
+                )
+                raise UsageError(
+                    f"{path} does not exist{via}; checkpoints of {game.replay_name} run {run}: "
+                    f"{', '.join(map(str, have)) or 'none'}"
+                )
+        if via:
+            log.info(
+                "%s run %d: checkpoint %d is read from checkpoint %d%s", game.name, run, ckpt, source, via
+            )
+        jobs.append(
+            ShardJob(str(src), str(dst), game.name, game.replay_name, run, source, samples, full_check)
+        )
     return jobs
 
 

@@ -1,14 +1,16 @@
 """Normalised scores and the runs x games matrices rliable aggregates.
 
-DQN-normalised (Agarwal et al. 2020): (score - min(random, ref)) / (max(random, ref) - min(random, ref)), with
-ref the game's reference agent (DQN 50M for ID / Near-OOD, Rainbow 2M for Far-OOD). Taking min and max makes
-the scale increase with the raw score even where the reference is below random (asteroids, elevator_action,
-private_eye). Where the two coincide (montezuma_revenge: random 0, DQN 0) the range is empty and the ratio is
-undefined; that game scores sign(score - ref): 0 at the reference, 1 above it, -1 below it, so beating DQN
-counts as reaching it and no run blows up the mean.
+DQN-normalised (Agarwal et al. 2020), exactly as the released Atari-PB logger computes it
+(src/common/logger.py:340-347): (score - min(random, ref)) / (max(random, ref) - min(random, ref) + 1e-6),
+with ref the game's reference agent (DQN 50M for ID / Near-OOD, Rainbow 2M for Far-OOD). Taking min and max
+makes the scale increase with the raw score even where the reference is below random (asteroids,
+elevator_action, private_eye). Where the two coincide (montezuma_revenge: random 0, DQN 0) the range is
+empty and the released formula gives score x 1e6: any point scored there is a huge normalised score. IQM and
+median trim it; means do not (see the parity document).
 
-Human-normalised: (score - random) / (human - random); None (scalar) or NaN (array) where the game has no
-human score (Far-OOD), and asking for a human-normalised matrix of such games is an error.
+Human-normalised, as released: (score - random) / (human - random + 1e-6); None (scalar) or NaN (array)
+where the game has no human score (Far-OOD: the released 1e8 placeholder is not a score), and asking for a
+human-normalised matrix of such games is an error.
 
 Completeness policy of `score_matrix` / `score_matrices` (nothing is dropped silently, every gap is an error
 naming the missing record files):
@@ -37,6 +39,8 @@ from atari_pb.games import SPLITS, Game, get_game, split_games
 NORMALIZATIONS: tuple[str, ...] = ("dqn", "human")
 _MAX_LISTED = 8  # missing records named in one error line before "and N more"
 
+RANGE_EPS = 1e-6  # the released logger adds it to every range (src/common/logger.py:340,347)
+
 
 def _game(game: Game | str) -> Game:
     return game if isinstance(game, Game) else get_game(game)
@@ -51,9 +55,7 @@ def dqn_range(game: Game | str) -> tuple[float, float]:
 def dqn_normalized(game: Game | str, score: float) -> float:
     """One raw score on the DQN-normalised scale (0 = the worse of random and reference, 1 = the better)."""
     low, high = dqn_range(game)
-    if high == low:
-        return float(np.sign(score - low))
-    return (float(score) - low) / (high - low)
+    return (float(score) - low) / (high - low + RANGE_EPS)
 
 
 def human_normalized(game: Game | str, score: float) -> float | None:
@@ -61,7 +63,7 @@ def human_normalized(game: Game | str, score: float) -> float | None:
     g = _game(game)
     if g.human_score is None:
         return None
-    return (float(score) - g.random_score) / (g.human_score - g.random_score)
+    return (float(score) - g.random_score) / (g.human_score - g.random_score + RANGE_EPS)
 
 
 def _games_list(games: Game | str | Sequence[Game | str]) -> list[Game]:
@@ -75,11 +77,7 @@ def dqn_normalized_array(games: Game | str | Sequence[Game | str], scores: Array
     gs = _games_list(games)
     low = np.array([dqn_range(g)[0] for g in gs])
     high = np.array([dqn_range(g)[1] for g in gs])
-    x = np.asarray(scores, dtype=np.float64)
-    width = high - low
-    degenerate = width == 0
-    ratio = (x - low) / np.where(degenerate, 1.0, width)
-    return np.where(degenerate, np.sign(x - low), ratio)
+    return (np.asarray(scores, dtype=np.float64) - low) / (high - low + RANGE_EPS)
 
 
 def human_normalized_array(games: Game | str | Sequence[Game | str], scores: ArrayLike) -> np.ndarray:
@@ -87,7 +85,7 @@ def human_normalized_array(games: Game | str | Sequence[Game | str], scores: Arr
     gs = _games_list(games)
     random = np.array([g.random_score for g in gs])
     human = np.array([np.nan if g.human_score is None else g.human_score for g in gs])
-    return (np.asarray(scores, dtype=np.float64) - random) / (human - random)
+    return (np.asarray(scores, dtype=np.float64) - random) / (human - random + RANGE_EPS)
 
 
 def normalize_array(

@@ -23,12 +23,13 @@ from tqdm import tqdm
 
 from atari_pb.augment import BatchRandom, augment
 from atari_pb.core.device import pick_device
+from atari_pb.core.schedules import epoch_steps, warmup_cosine
 from atari_pb.data import SampleSpec, ShardSet, ShardStream, make_loader
 from atari_pb.envs.atari import num_actions as game_actions
 from atari_pb.errors import UsageError
 from atari_pb.finetune.base import FinetuneResult, FinetuneTask, Protocol, load_protocol_config, register
 from atari_pb.games import Game
-from atari_pb.models.agent import AgentNet, build_agent_net
+from atari_pb.models.agent import HEAD_INITS, AgentNet, build_agent_net
 from atari_pb.models.encoder import Encoder
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,17 @@ log = logging.getLogger(__name__)
 class BCTrainConfig:
     """The `train:` section of finetune/offline_bc.yaml."""
 
-    epochs: float = 100.0  # passes over the game's training transitions
-    max_steps: int = 0  # > 0 caps the gradient steps (quick runs, the demo)
+    epochs: float = 100.0  # passes over the game's training transitions (released: 100, ~9,800 steps)
+    max_steps: int = 0  # > 0 caps the gradient steps (quick runs, the demo); the schedule spans the cap
     batch_size: int = 512
-    lr: float = 1e-3
+    lr: float = 1e-3  # the peak of the schedule (released configs/trainer/offline_bc.yaml)
+    warmup: float = 0.1  # released: a cosine schedule with 10% linear warm-up ...
+    min_lr_scale: float = 0.1  # ... from and back to lr * 0.1 (configs/trainer/base.yaml:38-43)
+    grad_clip: float = 0.5  # max gradient norm (released configs/trainer/base.yaml:27); 0: none
     weight_decay: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
+    head_init: str = "normal"  # released: head weights and biases N(0, 1) (mh_linear's embeddings); torch
     augment: bool = True
     holdout_runs: list[int] = field(default_factory=list)  # runs kept out of training, for accuracy
     loader_threads: int = 2
@@ -64,10 +69,13 @@ def load_offline_bc_config(overrides: Sequence[str] = (), path: str | Path | Non
 
 
 def check(cfg: OfflineBCConfig) -> None:
-    if cfg.train.batch_size < 1 or cfg.train.epochs <= 0:
+    t = cfg.train
+    if t.batch_size < 1 or t.epochs <= 0:
         raise UsageError(
-            f"train.batch_size and train.epochs must be positive (got {cfg.train.batch_size}, {cfg.train.epochs})"
+            f"train.batch_size and train.epochs must be positive (got {t.batch_size}, {t.epochs})"
         )
+    if t.head_init not in HEAD_INITS:
+        raise UsageError(f"train.head_init={t.head_init!r}; valid: {', '.join(HEAD_INITS)}")
 
 
 @dataclass
@@ -111,15 +119,22 @@ def train_offline_bc(
     shards = ShardSet(shards_dir, games=[game.name], runs=train_runs)
     held = ShardSet(shards_dir, games=[game.name], runs=cfg.holdout_runs) if cfg.holdout_runs else None
 
-    agent = build_agent_net(encoder, num_actions, train_backbone).to(device)
+    agent = build_agent_net(encoder, num_actions, train_backbone, head_init=cfg.head_init).to(device)
     params = [p for p in agent.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
     )
-    steps = max(1, int(cfg.epochs * len(shards) / cfg.batch_size))
+    spec = SampleSpec(n_step=0)
+    steps = epoch_steps(
+        cfg.epochs, len(shards.valid_starts(spec.frames, spec.t_step, spec.n_step)), cfg.batch_size
+    )
     if cfg.max_steps > 0:
         steps = min(steps, cfg.max_steps)
-    stream = ShardStream(shards, cfg.batch_size, SampleSpec(n_step=0), seed=seed, num_steps=steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(steps, cfg.warmup, cfg.min_lr_scale)
+    )
+    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    stream = ShardStream(shards, cfg.batch_size, spec, seed=seed, num_steps=steps)
     bar = tqdm(total=steps, unit="step", desc=f"offline_bc {game.name}", disable=None if progress else True)
     start = time.perf_counter()
     for step, batch in enumerate(make_loader(stream, num_workers=cfg.loader_threads)):
@@ -128,7 +143,9 @@ def train_offline_bc(
         loss = F.cross_entropy(agent(x), action)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, clip)
         optimizer.step()
+        scheduler.step()
         bar.update()
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")

@@ -43,6 +43,9 @@ from atari_pb.models.layers import SpatialMLPNeck, mlp
 
 AGENT_FORMAT = "atari-pb-agent/1"
 HEAD_KINDS = ("logits", "c51")
+# normal: weights and biases N(0, 1), as the released fine-tuning heads (src/models/heads/mh_linear.py:18-19,
+# mh_distributional.py:21-22 are nn.Embedding rows); torch: nn.Linear's default U(+-1/sqrt(fan_in))
+HEAD_INITS = ("normal", "torch")
 
 
 class AgentNet(nn.Module):
@@ -72,13 +75,21 @@ class AgentNet(nn.Module):
 
 
 def build_agent_net(
-    encoder: Encoder, out_dim: int, train_backbone: bool = False, head_hidden: Sequence[int] = ()
+    encoder: Encoder,
+    out_dim: int,
+    train_backbone: bool = False,
+    head_hidden: Sequence[int] = (),
+    head_init: str = "torch",
 ) -> AgentNet:
-    """Copy the encoder's backbone, freeze or train it, put a fresh neck and head on it. The encoder itself
-    is only read. Initialisation follows torch's global generator."""
+    """Copy the encoder's backbone, freeze or train it, put a fresh neck and head on it (`head_init`: the last
+    layer's initialisation, see HEAD_INITS). The encoder itself is only read. Initialisation follows
+    torch's global generator."""
     backbone = copy.deepcopy(encoder.backbone).requires_grad_(train_backbone)
     neck = SpatialMLPNeck(encoder.neck.in_shape, encoder.cfg.neck_dims(), num_games=1)
     head = mlp([neck.out_dim, *head_hidden, out_dim])
+    if head_init == "normal":
+        nn.init.normal_(head[-1].weight)
+        nn.init.normal_(head[-1].bias)
     net = AgentNet(backbone, neck, head, train_backbone)
     net.model_cfg = encoder.cfg  # what a saved agent needs to rebuild its backbone
     return net

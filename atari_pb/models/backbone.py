@@ -1,5 +1,10 @@
 """The shared backbone: a timm ResNet configured as Atari-PB's (GroupNorm, 4 input frames, no max-pool).
 
+As in the released Atari-PB code (src/models/layers.py, src/models/backbones/resnet.py): GroupNorm with 4
+groups and no affine parameters, and PyTorch's default convolution initialisation (timm's kaiming init and
+its zero-initialised last norm of each block are undone), so a freshly built resnet50 is the released
+`random` baseline's network: 23,458,048 parameters.
+
 84x84 input -> 7x7 stride-2 stem (42x42) -> four stages (42, 21, 11, 6) -> spatial features, no pooling:
 resnet50 gives 2048 x 6 x 6. Input is uint8 frame stacks, scaled to [0, 1] inside the module, so a user
 needs nothing from this package to feed it.
@@ -47,7 +52,7 @@ class Backbone(nn.Module):
         p = PRESETS[preset]
         self.preset = preset
         self.in_frames = in_frames
-        norm = partial(GroupNorm, num_groups=NORM_GROUPS)
+        norm = partial(GroupNorm, num_groups=NORM_GROUPS, affine=False)
         self.body = timm.create_model(
             p.timm_name,
             pretrained=False,
@@ -61,6 +66,9 @@ class Backbone(nn.Module):
         if p.stem_width != self.body.conv1.out_channels:
             _set_stem_width(self.body, p, in_frames, norm)
         self.body.maxpool = nn.Identity()  # keeps 84x84 inputs at 6x6 after the last stage
+        for module in self.body.modules():  # PyTorch's default init, as the released backbone
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                module.reset_parameters()
         self.out_channels: int = self.body.num_features
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -76,7 +84,7 @@ class Backbone(nn.Module):
 def _set_stem_width(body: nn.Module, p: BackbonePreset, in_frames: int, norm) -> None:
     """timm's classic 7x7 stem is 64 channels wide whatever `stem_width` says (it only sizes deep stems), so
     a narrow preset would spend most of its compute there: rebuild the stem and the first stage for
-    `p.stem_width` input channels, then re-initialise the whole network the way timm does."""
+    `p.stem_width` input channels."""
     body.conv1 = nn.Conv2d(in_frames, p.stem_width, kernel_size=7, stride=2, padding=3, bias=False)
     body.bn1 = norm(p.stem_width)
     blocks = (type(body.layer1[0]),) * len(p.layers)
@@ -84,4 +92,3 @@ def _set_stem_width(body: nn.Module, p: BackbonePreset, in_frames: int, norm) ->
         blocks, p.channels, p.layers, p.stem_width, norm_layer=norm
     )  # the stages timm builds
     body.layer1 = stages[0][1]  # the only one whose input width changed
-    body.init_weights(zero_init_last=True)

@@ -1,7 +1,7 @@
 """ATC (Stooke et al. 2021) as Atari-PB runs it: InfoNCE between a stack and its own near future.
 
-query = per-game linear head(online encoder(obs)); key = EMA encoder(the stack k steps later, k uniform
-in 1..n), no gradient; logits = query @ keys^T / temperature over every key of the global batch; the
+query = per-game linear head(online encoder(obs)); key = EMA encoder(the stack n steps later, as released;
+k uniform in 1..n with `random_future`), no gradient; logits = query @ keys^T / temperature over every key of the global batch; the
 positive of query i is key i; rows whose window holds an episode end are left out of the mean.
 """
 
@@ -22,7 +22,8 @@ from atari_pb.objectives.base import Batch, Metrics, Objective, register
 
 @dataclass
 class ATCConfig:
-    n_step: int = 3  # the key is k in 1..n_step steps ahead
+    n_step: int = 3  # the key is n_step steps ahead (released) ...
+    random_future: bool = False  # ... or k in 1..n_step, drawn per sample (our earlier default)
     temperature: float = 1.0
     ema_start: float = 0.99
     ema_end: float = 0.999
@@ -61,7 +62,9 @@ class ATC(Objective):
         self.target = make_target(encoder)
 
     def sample_spec(self) -> SampleSpec:
-        return SampleSpec(frames=self.encoder.cfg.frames, n_step=self.cfg.n_step, random_future=True)
+        return SampleSpec(
+            frames=self.encoder.cfg.frames, n_step=self.cfg.n_step, random_future=self.cfg.random_future
+        )
 
     def ema_pairs(self):
         return [(self.encoder, self.target)]

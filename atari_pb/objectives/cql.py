@@ -1,7 +1,9 @@
-"""CQL (Kumar et al. 2020) as Atari-PB pre-trains it: offline n-step double Q-learning with a conservative
-penalty, on a per-game Q head over the encoder's embedding and an EMA target network (encoder and head).
+"""CQL (Kumar et al. 2020) as Atari-PB pre-trains it: offline n-step Q-learning with a conservative penalty,
+on a per-game Q head over the encoder's embedding and a target network (encoder and head). As released, the
+target network keeps its initial weights and picks the next action itself; `update_target` (EMA) and
+`double_q` (the online network picks) are options.
 
-loss = TD(Q(s, a), ret + gamma^n (1 - done) Q_target(s', argmax_a' Q(s', a')))
+loss = TD(Q(s, a), ret + gamma^n (1 - done) Q_target(s', argmax_a' Q_select(s', a')))
        + cql_weight * mean(logsumexp_a Q(s, a) - Q(s, a_logged));
 TD is the MSE of Q values ("mse") or, for C51 ("c51"), KL(target || predicted) with the target distribution
 projected onto the fixed support (the cross-entropy's gradient; the penalty then uses the expected Q).
@@ -39,9 +41,10 @@ class CQLConfig:
     num_atoms: int = 51  # c51 only
     v_min: float = -10.0
     v_max: float = 10.0
-    double_q: bool = True  # False: the target network also selects the next action (Atari-PB's code)
+    double_q: bool = False  # released: the target network also selects the next action; True: double Q
+    update_target: bool = False  # released: the target network keeps its initial weights; True: EMA
     augment: bool = True
-    ema_start: float = 0.99  # target network: tau fixed at 0.99
+    ema_start: float = 0.99  # with update_target: tau fixed at 0.99
     ema_end: float = 0.99
 
 
@@ -66,6 +69,8 @@ class CQL(Objective):
         return SampleSpec(frames=self.encoder.cfg.frames, n_step=self.cfg.n_step, gamma=self.cfg.gamma)
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        if not self.cfg.update_target:
+            return []
         return [(self.encoder, self.target_encoder), (self.head, self.target_head)]
 
     def q_logits(

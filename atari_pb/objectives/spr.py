@@ -30,7 +30,7 @@ LOSSES = ("cosine", "infonce")
 @dataclass
 class SPRConfig:
     t_step: int = 5  # the first stack and K = t_step - 1 futures
-    loss: str = "cosine"  # cosine | infonce
+    loss: str = "infonce"  # infonce (the released spr trainer) | cosine
     ema_start: float = 0.99
     ema_end: float = 0.999
 

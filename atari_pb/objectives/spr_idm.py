@@ -19,6 +19,7 @@ from atari_pb.objectives.spr import SPR, Rollout, SPRConfig, spr_loss
 
 @dataclass
 class SPRIDMConfig(SPRConfig):
+    loss: str = "cosine"  # the released spr_idm trainer's negative cosine (src/trainers/spr_idm.py:88-89)
     spr_weight: float = 2.0
     idm_weight: float = 1.0
 

@@ -27,14 +27,18 @@ class OptimConfig:
     weight_decay: float = 1e-5
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    warmup: float = 0.1  # fraction of the steps spent warming up linearly
-    final_lr_scale: float = 0.1  # the cosine ends at lr * final_lr_scale
+    warmup: float = 0.1  # share of the steps spent warming up linearly
+    min_lr_scale: float = 0.1  # the warm-up starts and the cosine ends at lr * min_lr_scale (released)
     grad_clip: float = 0.5  # max gradient norm; 0 = no clipping
 
 
 @dataclass
 class TrainerConfig:
-    steps: int = 1000
+    # The length of the run: `steps` optimiser steps, or with steps 0 (the default) `epochs` passes over the
+    # data's valid starts at `batch_size`: the released schedule is 100 epochs of the 10M selection at 512
+    # (~1.95M steps); objectives/spr*.yaml and dt.yaml set their own (25 at 128, 12 at 64).
+    steps: int = 0
+    epochs: float = 100.0
     batch_size: int = 512  # global: summed over ranks and micro-batches
     accumulate: int = 1  # micro-batches per optimiser step
     seed: int = 0
@@ -84,9 +88,10 @@ def load_pretrain_config(name: str, overrides: list[str] = (), path: Path | None
 
 def check(cfg: PretrainConfig) -> None:
     t, o = cfg.trainer, cfg.optim
-    if t.steps < 1 or t.batch_size < 1 or t.accumulate < 1:
+    if t.steps < 0 or t.epochs <= 0 or t.batch_size < 1 or t.accumulate < 1:
         raise UsageError(
-            f"trainer.steps, batch_size and accumulate must be >= 1 (got {t.steps}, {t.batch_size}, {t.accumulate})"
+            "trainer: steps >= 0 (0: from epochs), epochs > 0, batch_size and accumulate >= 1 "
+            f"(got {t.steps}, {t.epochs}, {t.batch_size}, {t.accumulate})"
         )
     if t.batch_size % t.accumulate:
         raise UsageError(

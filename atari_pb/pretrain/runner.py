@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from tqdm import tqdm
 from atari_pb.augment import BatchRandom
 from atari_pb.core.checkpoint import same_run
 from atari_pb.core.device import pick_device
+from atari_pb.core.schedules import epoch_steps, warmup_cosine
 from atari_pb.core.writer import METRICS, RunWriter
 from atari_pb.data import ShardSet, ShardStream, make_loader
 from atari_pb.distributed import DistInfo, all_mean, all_sum, init_distributed
@@ -41,19 +41,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 ENCODER = "encoder.safetensors"
 __all__ = ["CHECKPOINT", "ENCODER", "METRICS", "export_from_run", "pick_device", "pretrain"]
-
-
-def warmup_cosine(steps: int, optim: OptimConfig):
-    """lr multiplier at step s: linear warm-up, then cosine from 1 down to final_lr_scale."""
-    warm = int(optim.warmup * steps)
-
-    def scale(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(1, steps - warm)
-        return optim.final_lr_scale + (1 - optim.final_lr_scale) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return scale
 
 
 def make_optimizer(objective: Objective, optim: OptimConfig) -> torch.optim.Optimizer:
@@ -139,13 +126,24 @@ def _setup(name: str, data: Path, out: Path, cfg: PretrainConfig, resume: bool) 
     shards = ShardSet(data, games=cfg.data.games or None)
     objective = objective_class(name)(cfg.objective, Encoder(cfg.model), cfg.model.num_actions)
     spec = objective.sample_spec()
-    shards.valid_starts(spec.frames, spec.t_step, spec.n_step)
+    starts = len(shards.valid_starts(spec.frames, spec.t_step, spec.n_step))
+    if t.steps == 0:  # the run's length in epochs over the valid starts; config.yaml records the steps
+        t.steps = epoch_steps(t.epochs, starts, t.batch_size)
+        log.info(
+            "pretrain %s: %g epochs of %d starts at batch %d = %d steps",
+            name,
+            t.epochs,
+            starts,
+            t.batch_size,
+            t.steps,
+        )
 
     objective.to(device)
     if t.channels_last:
         objective.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(objective, cfg.optim)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.steps, cfg.optim))
+    schedule = warmup_cosine(t.steps, cfg.optim.warmup, cfg.optim.min_lr_scale)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     start = _restore(checkpoint_path, cfg, name, objective, optimizer, scheduler) if resume else 0
     writer = RunWriter(out, dist.is_main, start if resume else None)
     writer.config(cfg, f"atari-pb pretrain --objective {name}")
