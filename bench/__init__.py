@@ -1,1 +1,1 @@
-"""Benchmarks of the data path (ingest, sampler, memory); run `python -m bench.run_all`. See BENCHMARKS.md."""
+"""Benchmarks: one harness (bench/harness.py) and one short spec per benchmark; see bench/README.md."""

@@ -1,8 +1,6 @@
 """Environment throughput: evaluation rollouts (ale_py's C++ AtariVectorEnv, one batched policy call per
 vector step) vs gymnasium's wrapper stack, and vs raw ALE emulation, in agent steps/s (4 frames each).
 
-    .venv/bin/python -m bench.env [--quick] [--steps N] [--rounds N] [--envs 1 16 64] [--torch-threads N]
-
 Rows, all on Pong with the protocol's settings (frame skip 4 + max-pool, 84x84 grayscale, 4-frame stacks,
 up to 30 no-ops, no sticky actions), epsilon-greedy at 0.001, every episode cut at the same horizon:
   ours       `atari_pb.eval.rollout.evaluate` on N envs: one policy call on the (N, 4, 84, 84) batch a step;
@@ -12,12 +10,10 @@ up to 30 no-ops, no sticky actions), epsilon-greedy at 0.001, every episode cut 
   raw ALE    one ALEInterface, frame_skip=4, random minimal-set actions, no preprocessing, no policy.
 Policies: the tiny preset encoder + a linear head (argmax), and a constant action (env cost alone).
 Every configuration runs once a round, rounds interleave the rows, the median round is reported.
-Results: bench/out/env.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -25,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.common import finish, log, machine_info, med, table
+from bench.harness import Opt, Spec, Table, interleave, med, repeat
 
 GAME = "pong"
 EPSILON = 0.001
@@ -46,6 +42,7 @@ def tiny_policy(num_actions: int, game_id: int, device: str = "cpu"):
             head(enc(obs, torch.full((len(obs),), game_id, dtype=torch.long, device=device))).argmax(1).cpu()
         )
 
+    policy.parameters = sum(p.numel() for m in (enc, head) for p in m.parameters())
     return policy
 
 
@@ -59,7 +56,7 @@ def horizon_for(steps: int, n: int) -> tuple[int, int]:
     return h, max(1, round(steps / (n * h)))
 
 
-def run_ours(policy, n: int, steps: int, threads: int, device: str) -> tuple[float, dict]:
+def run_ours(policy, n: int, steps: int, threads: int, device: str) -> dict:
     from atari_pb.envs.atari import EnvConfig
     from atari_pb.eval.rollout import evaluate
 
@@ -84,8 +81,8 @@ def run_ours(policy, n: int, steps: int, threads: int, device: str) -> tuple[flo
     )
     assert (r.lengths == h).all(), "an episode ended before the horizon: the timed work is not n x horizon"
     loop = r.seconds - r.setup_seconds
-    return r.steps / loop, {
-        "steps": r.steps,
+    return {
+        "sps": r.steps / loop,
         "horizon": h,
         "setup_s": r.setup_seconds,
         "policy_share": in_policy[0] / loop,
@@ -98,16 +95,15 @@ def gym_env(horizon: int):
     from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
     gym.register_envs(ale_py)
-    env = gym.make(
-        "ALE/Pong-v5", frameskip=1, repeat_action_probability=0.0, max_episode_steps=4 * horizon
-    )  # the time limit counts emulator frames here (frameskip=1)
+    # the time limit counts emulator frames here (frameskip=1)
+    env = gym.make("ALE/Pong-v5", frameskip=1, repeat_action_probability=0.0, max_episode_steps=4 * horizon)
     env = AtariPreprocessing(
         env, noop_max=30, frame_skip=4, screen_size=84, terminal_on_life_loss=False, grayscale_obs=True
     )
     return FrameStackObservation(env, 4)
 
 
-def run_gym_single(policy, steps: int, num_actions: int) -> tuple[float, dict]:
+def run_gym_single(policy, steps: int, num_actions: int) -> dict:
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     env = gym_env(MAX_HORIZON)
@@ -115,23 +111,23 @@ def run_gym_single(policy, steps: int, num_actions: int) -> tuple[float, dict]:
     t1 = time.perf_counter()
     with torch.no_grad():
         for _ in range(steps):
-            if rng.random() < EPSILON:
-                a = int(rng.integers(num_actions))
-            else:
-                a = int(policy(torch.from_numpy(np.asarray(obs))[None])[0])
+            a = (
+                int(rng.integers(num_actions))
+                if rng.random() < EPSILON
+                else int(policy(torch.from_numpy(np.asarray(obs))[None])[0])
+            )
             obs, _, term, trunc, _ = env.step(a)
             if term or trunc:
                 obs, _ = env.reset()
     seconds = time.perf_counter() - t1
     env.close()
-    return steps / seconds, {"steps": steps, "horizon": MAX_HORIZON, "setup_s": t1 - t0}
+    return {"sps": steps / seconds, "horizon": MAX_HORIZON, "setup_s": t1 - t0}
 
 
-def run_gym_vector(policy, n: int, steps: int, num_actions: int) -> tuple[float, dict]:
+def run_gym_vector(policy, n: int, steps: int, num_actions: int) -> dict:
     import gymnasium as gym
 
     h, per_env = horizon_for(steps, n)
-    vsteps = h * per_env
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     env = gym.vector.SyncVectorEnv(
@@ -140,17 +136,16 @@ def run_gym_vector(policy, n: int, steps: int, num_actions: int) -> tuple[float,
     obs, _ = env.reset(seed=0)
     t1 = time.perf_counter()
     with torch.no_grad():
-        for _ in range(vsteps):
+        for _ in range(h * per_env):
             actions = policy(torch.from_numpy(obs)).numpy()
             explore = rng.random(n) < EPSILON
-            actions = np.where(explore, rng.integers(0, num_actions, n), actions)
-            obs, *_ = env.step(actions)
+            obs, *_ = env.step(np.where(explore, rng.integers(0, num_actions, n), actions))
     seconds = time.perf_counter() - t1
     env.close()
-    return n * vsteps / seconds, {"steps": n * vsteps, "horizon": h, "setup_s": t1 - t0}
+    return {"sps": n * h * per_env / seconds, "horizon": h, "setup_s": t1 - t0}
 
 
-def run_raw_ale(steps: int) -> tuple[float, dict]:
+def run_raw_ale(steps: int) -> dict:
     from ale_py import ALEInterface, LoggerMode, roms
 
     ALEInterface.setLoggerMode(LoggerMode.Error)
@@ -167,220 +162,183 @@ def run_raw_ale(steps: int) -> tuple[float, dict]:
         ale.act(actions[choice[i]])
         if ale.game_over():
             ale.reset_game()
-    return steps / (time.perf_counter() - t1), {"steps": steps, "setup_s": t1 - t0}
+    return {"sps": steps / (time.perf_counter() - t1), "horizon": "-", "setup_s": t1 - t0}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="fewer steps, one round")
-    p.add_argument("--steps", type=int, help="agent steps per row and round (default 3000; --quick 1000)")
-    p.add_argument("--rounds", type=int, help="rounds (default 5; --quick 1)")
-    p.add_argument(
-        "--envs", type=int, nargs="+", help="env counts of our rows (default 1 16 64; --quick 1 16)"
-    )
-    p.add_argument("--device", default="cpu", help="where the tiny policy runs (cpu, cuda)")
-    p.add_argument("--vector-envs", type=int, default=16, help="envs of the gymnasium SyncVectorEnv rows")
-    p.add_argument(
-        "--torch-threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads for every policy (default 1: see the notes)",
-    )
-    args = p.parse_args(argv)
-    q = args.quick
-    steps = args.steps or (1000 if q else 3000)
-    rounds = args.rounds or (1 if q else 5)
-    envs = args.envs or ([1, 16] if q else [1, 16, 64])
-    nv = args.vector_envs
+def key(kind: str, pol: str, n: int) -> str:
+    return f"{kind}|{pol}|{n}"
+
+
+def measure(o) -> dict:
     cores = len(os.sched_getaffinity(0))
-    torch.set_num_threads(args.torch_threads)
+    torch.set_num_threads(o.torch_threads)
     try:
         import cv2  # noqa: F401  (gymnasium's AtariPreprocessing resizes with it)
     except ImportError:
         raise SystemExit(
-            "bench.env needs opencv-python-headless for the gymnasium baseline: .venv/bin/pip install opencv-python-headless"
+            "bench.env needs opencv-python-headless (.venv/bin/pip install opencv-python-headless)"
         ) from None
-
     from atari_pb.envs.atari import num_actions
     from atari_pb.games import get_game
 
     game = get_game(GAME)
-    na = num_actions(game)
-    policies = {"tiny": tiny_policy(na, game.game_id, args.device), "constant": constant_policy}
-
-    configs: dict[tuple[str, str, int], object] = {}
+    na, steps, nv, envs = num_actions(game), o.steps, o.vector_envs, o.envs
+    policies = {"tiny": tiny_policy(na, game.game_id, o.device), "constant": constant_policy}
+    configs = {}
     for pol_name, pol in policies.items():
         for n in envs:
-            configs[("ours", pol_name, n)] = lambda pol=pol, n=n: run_ours(pol, n, steps, cores, args.device)
-        configs[("gymnasium", pol_name, 1)] = lambda pol=pol: run_gym_single(pol, steps, na)
-        configs[("gymnasium SyncVectorEnv", pol_name, nv)] = lambda pol=pol: run_gym_vector(
-            pol, nv, steps, na
-        )
-    n1 = 16 if 16 in envs else max(envs)  # per-core efficiency: the same envs stepped by one ALE thread
-    configs[("ours, 1 ALE thread", "constant", n1)] = lambda: run_ours(
-        constant_policy, n1, steps, 1, args.device
-    )
-    configs[("raw ALE", "random", 1)] = lambda: run_raw_ale(3 * steps)
+            configs[key("ours", pol_name, n)] = lambda pol=pol, n=n: run_ours(pol, n, steps, cores, o.device)
+        configs[key("gymnasium", pol_name, 1)] = lambda pol=pol: run_gym_single(pol, steps, na)
+        configs[key("gymnasium SyncVectorEnv", pol_name, nv)] = lambda p=pol: run_gym_vector(p, nv, steps, na)
+    n_main = 16 if 16 in envs else max(envs)  # per-core efficiency: the same envs stepped by one ALE thread
+    one = key("ours, 1 ALE thread", "constant", n_main)
+    configs[one] = lambda: run_ours(constant_policy, n_main, steps, 1, o.device)
+    configs[key("raw ALE", "random", 1)] = lambda: run_raw_ale(3 * steps)
 
-    t_start = time.perf_counter()
-    rates: dict[tuple[str, str, int], list[float]] = {k: [] for k in configs}
-    info: dict[tuple[str, str, int], dict] = {}
-    setups: dict[tuple[str, str, int], list[float]] = {k: [] for k in configs}
-    shares: dict[tuple[str, str, int], list[float]] = {k: [] for k in configs}
-    for r in range(rounds):
-        for key, fn in configs.items():
-            sps, info[key] = fn()
-            rates[key].append(sps)
-            setups[key].append(info[key]["setup_s"])
-            if "policy_share" in info[key]:
-                shares[key].append(info[key]["policy_share"])
-            log(
-                f"round {r + 1}/{rounds} {key[0]} ({key[1]} policy, {key[2]} env(s)): {sps:,.0f} agent steps/s"
-            )
-    sps = {k: med(v) for k, v in rates.items()}
-    setup = {k: med(v) for k, v in setups.items()}
+    runs = interleave(configs, o.rounds, lambda k, r: f"{k}: {r['sps']:,.0f} agent steps/s")
+    sps = {k: [r["sps"] for r in rs] for k, rs in runs.items()}
 
-    # policy cost alone, per observation, at the batch sizes used above
-    tiny = policies["tiny"]
-    policy_ms = {}
+    tiny, policy_ms = policies["tiny"], {}  # the policy alone, per observation, at the batch sizes used above
     with torch.no_grad():
         for n in sorted({1, nv, *envs}):
             x = torch.randint(0, 256, (n, 4, 84, 84), dtype=torch.uint8)
-            tiny(x)  # includes the copy to the device and back, as in the rollouts
-            k = max(3, 200 // n)
-            policy_ms[n] = med([_timed(lambda x=x: tiny(x)) for _ in range(k)]) * 1e3
+            policy_ms[str(n)] = med(repeat(lambda x=x: tiny(x), max(3, 200 // n), warmup=1)) * 1e3
 
-    def ratio(a: tuple, b: tuple, scale: float = 1.0) -> float:
+    raw, ale_threads = key("raw ALE", "random", 1), min(n_main, cores)
+
+    def ratio(a: str, b: str, scale: float = 1.0) -> float:
         """Median over rounds of the per-round ratio: rows of one round ran minutes apart at most."""
-        return med([x / (y * scale) for x, y in zip(rates[a], rates[b])])
+        return med(x / (y * scale) for x, y in zip(sps[a], sps[b]))
 
-    raw_key = ("raw ALE", "random", 1)
-    raw = sps[raw_key]
-    n_main = 16 if 16 in envs else max(envs)
-    ale_threads = min(n_main, cores)
-    ours = {pol: ("ours", pol, n_main) for pol in policies}
-    gym1 = {pol: ("gymnasium", pol, 1) for pol in policies}
-    gymv = {pol: ("gymnasium SyncVectorEnv", pol, nv) for pol in policies}
-    rows = [
-        [kind, pol, n, info[(kind, pol, n)].get("horizon", "-"), v, v / raw, setup[(kind, pol, n)]]
-        for (kind, pol, n), v in sps.items()
-    ]
+    ours = {p: key("ours", p, n_main) for p in policies}
     named = {
-        "ours_over_gym_single_tiny": (
-            f"ours ({n_main} envs) / gymnasium single env, tiny policy",
-            ours["tiny"],
-            gym1["tiny"],
-        ),
-        "ours_over_gym_single_constant": (
-            f"ours ({n_main} envs) / gymnasium single env, constant policy",
-            ours["constant"],
-            gym1["constant"],
-        ),
-        "ours_tiny_over_raw_ale": (
-            f"ours ({n_main} envs, tiny policy) / raw ALE (1 thread)",
-            ours["tiny"],
-            raw_key,
-        ),
-        "ours_constant_over_raw_ale": (
-            f"ours ({n_main} envs, constant policy) / raw ALE (1 thread)",
-            ours["constant"],
-            raw_key,
-        ),
+        "ours_over_gym_single_tiny": (ours["tiny"], key("gymnasium", "tiny", 1)),
+        "ours_over_gym_single_constant": (ours["constant"], key("gymnasium", "constant", 1)),
+        "ours_tiny_over_raw_ale": (ours["tiny"], raw),
+        "ours_constant_over_raw_ale": (ours["constant"], raw),
     }
-    for pol in policies:
-        if ("ours", pol, nv) in rates:
-            named[f"ours_over_gym_vector_{pol}"] = (
-                f"ours / gymnasium SyncVectorEnv ({nv} envs each), {pol} policy",
-                ("ours", pol, nv),
-                gymv[pol],
-            )
-    values = {k: ratio(a, b) for k, (_, a, b) in named.items()}
-    values["ours_constant_over_raw_ale_x_threads"] = ratio(ours["constant"], raw_key, ale_threads)
-    values["ours_1_thread_constant_over_raw_ale"] = ratio(("ours, 1 ALE thread", "constant", n1), raw_key)
-    ratio_rows = [[label, values[k]] for k, (label, _, _) in named.items()]
-    ratio_rows.append(
-        [
-            f"ours ({n_main} envs, constant policy) / (raw ALE x {ale_threads} ALE threads)",
-            values["ours_constant_over_raw_ale_x_threads"],
-        ]
-    )
-    ratio_rows.append(
-        [
-            f"ours ({n1} envs, 1 ALE thread, constant policy) / raw ALE (1 thread): per-core efficiency",
-            values["ours_1_thread_constant_over_raw_ale"],
-        ]
-    )
-    policy_share = med(shares[ours["tiny"]])
-
-    result = {
-        "name": "env",
-        "quick": q,
-        "machine": machine_info(),
-        "setup": [
-            f"Game: {GAME}, protocol settings (frame skip 4 + max-pool, 84x84 grayscale, 4-frame stacks, up to 30 "
-            f"no-ops, no sticky actions), epsilon {EPSILON}; episodes cut at the horizon shown (agent steps) so that "
-            "all envs end together: no env idles while others finish.",
-            f"About {steps:,} agent steps per row and round ({3 * steps:,} for raw ALE); {rounds} round(s), rows "
-            "interleaved, median round reported; ratios are medians of per-round ratios. Steps/s are of "
-            "stepping (policy + env) alone; making and seeding the envs is the 'setup s' column.",
-            f"Policies: tiny preset encoder + linear head ({sum(p.numel() for p in _params(tiny)):,} parameters) "
-            f"on {args.device}, torch on {args.torch_threads} intra-op thread(s); constant action (env cost alone). "
-            f"ALE vector threads: min(envs, {cores} cores), or 1 where the row says so. Raw ALE grabs no screen "
-            "and does no max-pool, resize or stacking: it is the emulator's own speed.",
-        ],
-        "tables": [
-            table(
-                "Agent steps/s",
-                ["implementation", "policy", "envs", "horizon", "agent steps/s", "/ raw ALE", "setup s"],
-                rows,
-            ),
-            table("Ratios (median over rounds of each round's ratio)", ["ratio", "value"], ratio_rows),
-            table(
-                "Tiny policy alone (one call, no environment)",
-                ["batch", "ms/call", "ms/observation"],
-                [[n, ms, ms / n] for n, ms in policy_ms.items()],
-            ),
-        ],
-        "goals": [],
-        "values": {
-            "agent_steps_per_s": {f"{k[0]}|{k[1]}|{k[2]}": v for k, v in sps.items()},
-            "agent_steps_per_s_rounds": {f"{k[0]}|{k[1]}|{k[2]}": v for k, v in rates.items()},
-            "setup_s": {f"{k[0]}|{k[1]}|{k[2]}": v for k, v in setup.items()},
-            "main_envs": n_main,
-            "vector_envs": nv,
-            "ale_threads": ale_threads,
-            "torch_threads": args.torch_threads,
-            "device": args.device,
-            **values,
-            "raw_ale_steps_per_s": raw,
-            "policy_ms_per_call": {str(n): v for n, v in policy_ms.items()},
-            "policy_share_of_rollout_tiny": policy_share,
-        },
-        "notes": [
-            f"With the tiny policy, the policy calls take {policy_share:.0%} of our rollout time at {n_main} envs "
-            f"(timed inside the rollouts). Alone, a call on {n_main} observations takes {policy_ms[n_main]:.1f} ms, "
-            f"{policy_ms[n_main] / n_main / policy_ms[1]:.2f}x per observation what a call on one costs: on a CPU "
-            "the encoder, not the environment, bounds evaluation, and batching buys little per observation there "
-            "(its gain is on a GPU, where a batch costs about what one observation does).",
-            f"torch runs on {args.torch_threads} intra-op thread(s) (--torch-threads): OpenMP threads spin-wait "
-            "after each op and, on a machine with few cores, take them from ALE's worker threads and other "
-            "processes.",
-        ],
-        "seconds": time.perf_counter() - t_start,
+    for p in policies:
+        if key("ours", p, nv) in sps:
+            named[f"ours_over_gym_vector_{p}"] = (key("ours", p, nv), key("gymnasium SyncVectorEnv", p, nv))
+    return {
+        "agent_steps_per_s": {k: med(v) for k, v in sps.items()},
+        "agent_steps_per_s_rounds": sps,
+        "setup_s": {k: med(r["setup_s"] for r in rs) for k, rs in runs.items()},
+        "horizon": {k: rs[-1]["horizon"] for k, rs in runs.items()},
+        **{name: ratio(a, b) for name, (a, b) in named.items()},
+        "ours_constant_over_raw_ale_x_threads": ratio(ours["constant"], raw, ale_threads),
+        "ours_1_thread_constant_over_raw_ale": ratio(one, raw),
+        "raw_ale_steps_per_s": med(sps[raw]),
+        "policy_ms_per_call": policy_ms,
+        "policy_share_of_rollout_tiny": med(r["policy_share"] for r in runs[ours["tiny"]]),
+        "policy_parameters": tiny.parameters,
+        "main_envs": n_main,
+        "ale_threads": ale_threads,
+        "cores": cores,
     }
-    return finish("env", result)
 
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def setup(v: dict, o) -> list[str]:
+    return [
+        f"Game: {GAME}, protocol settings (frame skip 4 + max-pool, 84x84 grayscale, 4-frame stacks, up to 30 "
+        f"no-ops, no sticky actions), epsilon {EPSILON}; episodes cut at the horizon shown (agent steps) so that "
+        "all envs end together: no env idles while others finish.",
+        f"About {o.steps:,} agent steps per row and round ({3 * o.steps:,} for raw ALE); {o.rounds} round(s), rows "
+        "interleaved, median round reported; ratios are medians of per-round ratios. Steps/s are of "
+        "stepping (policy + env) alone; making and seeding the envs is the 'setup s' column.",
+        f"Policies: tiny preset encoder + linear head ({v['policy_parameters']:,} parameters) on {o.device}, torch on "
+        f"{o.torch_threads} intra-op thread(s); constant action (env cost alone). ALE vector threads: "
+        f"min(envs, {v['cores']} cores), or 1 where the row says so. Raw ALE grabs no screen and does no max-pool, "
+        "resize or stacking: it is the emulator's own speed.",
+    ]
 
 
-def _params(policy) -> list[torch.Tensor]:
-    cells = [c.cell_contents for c in (policy.__closure__ or ())]
-    return [p for m in cells if isinstance(m, nn.Module) for p in m.parameters()]
+def tables(v: dict, o) -> list[Table]:
+    n, nv, t = v["main_envs"], o.vector_envs, v["ale_threads"]
+    raw = v["raw_ale_steps_per_s"]
+    rows = []
+    for k, s in v["agent_steps_per_s"].items():
+        kind, pol, envs = k.split("|")
+        rows.append([kind, pol, int(envs), v["horizon"][k], s, s / raw, v["setup_s"][k]])
+    labels = {
+        "ours_over_gym_single_tiny": f"ours ({n} envs) / gymnasium single env, tiny policy",
+        "ours_over_gym_single_constant": f"ours ({n} envs) / gymnasium single env, constant policy",
+        "ours_tiny_over_raw_ale": f"ours ({n} envs, tiny policy) / raw ALE (1 thread)",
+        "ours_constant_over_raw_ale": f"ours ({n} envs, constant policy) / raw ALE (1 thread)",
+        "ours_over_gym_vector_tiny": f"ours / gymnasium SyncVectorEnv ({nv} envs each), tiny policy",
+        "ours_over_gym_vector_constant": f"ours / gymnasium SyncVectorEnv ({nv} envs each), constant policy",
+        "ours_constant_over_raw_ale_x_threads": f"ours ({n} envs, constant policy) / (raw ALE x {t} ALE threads)",
+        "ours_1_thread_constant_over_raw_ale": f"ours ({n} envs, 1 ALE thread, constant policy) / raw ALE (1 thread): per-core efficiency",
+    }
+    ratios = [[label, v[k]] for k, label in labels.items() if k in v]
+    policy = [[int(b), ms, ms / int(b)] for b, ms in v["policy_ms_per_call"].items()]
+    return [
+        Table(
+            "Agent steps/s",
+            "implementation | policy | envs | horizon | agent steps/s | / raw ALE | setup s",
+            rows,
+        ),
+        Table("Ratios (median over rounds of each round's ratio)", "ratio | value", ratios),
+        Table("Tiny policy alone (one call, no environment)", "batch | ms/call | ms/observation", policy),
+    ]
 
+
+def interpret(v: dict, o, m: dict) -> list[str]:
+    n, nv, share, ms = (
+        v["main_envs"],
+        o.vector_envs,
+        v["policy_share_of_rollout_tiny"],
+        v["policy_ms_per_call"],
+    )
+    ours_setup = v["setup_s"][key("ours", "constant", n)]
+    sps = v["agent_steps_per_s"]
+    threads_gain = sps[key("ours", "constant", n)] / sps[key("ours, 1 ALE thread", "constant", n)]
+    lines = []
+    if "ours_over_gym_vector_constant" in v:
+        lines.append(
+            f"With a constant policy (env cost alone) ours steps {v['ours_over_gym_single_constant']:.2f}x gymnasium's "
+            f"wrapper stack on one env and {v['ours_over_gym_vector_constant']:.2f}x its SyncVectorEnv of {nv}."
+        )
+        lines.append(
+            f"With the tiny encoder as the policy, the policy calls take {share:.0%} of our rollout time at {n} envs, so "
+            f"the gain is {v['ours_over_gym_single_tiny']:.2f}x (vs one env) and {v['ours_over_gym_vector_tiny']:.2f}x "
+            "(vs SyncVectorEnv)"
+            + (": on a CPU the encoder, not the environment, bounds evaluation." if share > 0.5 else ".")
+        )
+    lines += [
+        f"Alone, a policy call on {n} observations takes {ms[str(n)]:.1f} ms, {ms[str(n)] / n / ms['1']:.2f}x per "
+        "observation what a call on one costs.",
+        f"Per core, ours runs at {v['ours_1_thread_constant_over_raw_ale']:.2f} of raw ALE, which grabs no screen and does "
+        f"no max-pool/resize/stacking; {v['ale_threads']} ALE threads gave {threads_gain:.2f}x one "
+        f"thread on this {v['cores']}-core machine.",
+        f"Making and seeding the envs ('setup s') is excluded from steps/s: {ours_setup:.2f} s for {n} envs here "
+        f"({ours_setup / n:.2f} s per env), once per evaluation.",
+        f"torch ran on {o.torch_threads} intra-op thread(s) (--torch-threads).",
+    ]
+    return lines
+
+
+SPEC = Spec(
+    name="env",
+    title="Environment: evaluation rollouts vs gymnasium and raw ALE",
+    doc=__doc__,
+    measures="agent steps/s of `atari_pb.eval.rollout.evaluate` (ale_py's vector env, one batched policy call a step) "
+    "on 1, 16 and 64 envs, with the tiny encoder and with a constant policy.",
+    baseline="gymnasium's `AtariPreprocessing` + `FrameStackObservation` stack (one env, and `SyncVectorEnv`), and raw "
+    "ALE emulation, interleaved with ours round by round.",
+    measure=measure,
+    setup=setup,
+    tables=tables,
+    interpret=interpret,
+    options={
+        "steps": Opt(3000, 1000, "agent steps per row and round"),
+        "rounds": Opt(5, 1, "rounds"),
+        "envs": Opt([1, 16, 64], [1, 16], "env counts of our rows"),
+        "device": Opt("cpu", None, "where the tiny policy runs (cpu, cuda)"),
+        "vector_envs": Opt(16, None, "envs of the gymnasium SyncVectorEnv rows"),
+        "torch_threads": Opt(1, None, "torch intra-op threads for every policy (see bench/notes/env.md)"),
+    },
+)
 
 if __name__ == "__main__":
-    main()
+    SPEC.main()
