@@ -3,6 +3,7 @@ PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 DATASET ?= demo
+PROBE_DATASET ?= probes_demo
 DATA_ROOT ?= data
 SRC     ?= $(DATA_ROOT)/replay/$(DATASET)
 DST     ?= $(DATA_ROOT)/shards/$(DATASET)
@@ -64,6 +65,11 @@ verify: setup
 
 data: collect ingest verify
 
+# Probe data (AtariARI): frame stacks labelled with the games' annotated RAM bytes, one HDF5 per game
+.PHONY: probe-data
+probe-data: setup
+	$(BIN)/atari-pb collect-probes $(DATA_ROOT)/probes/$(PROBE_DATASET) --dataset $(PROBE_DATASET) $(ARGS)
+
 # Pre-training: objectives/$(OBJ).yaml on the shards in $(DATA); ARGS="trainer.steps=... model.preset=tiny"
 pretrain: setup
 	$(BIN)/atari-pb pretrain --objective $(OBJ) --data $(DATA) --out $(RUN) $(ARGS)
@@ -75,6 +81,14 @@ export: setup
 finetune: setup
 	$(BIN)/atari-pb finetune --protocol $(PROTOCOL) --encoder $(ENCODER) --split $(SPLIT) --results $(RESULTS) \
 	    $(if $(filter offline_bc,$(PROTOCOL)),--data $(FT_DATA),) --workers $(WORKERS) $(ARGS)
+
+# AtariARI linear probes (finetune/probe.yaml): ENCODER=path|random|pixels|e2e on the annotated games of SPLIT,
+# scored by mean F1 on the probe data's test split; PROBE_DATA from `make probe-data PROBE_DATASET=probes`
+PROBE_DATA ?= $(DATA_ROOT)/probes/probes
+.PHONY: probe
+probe: setup
+	$(BIN)/atari-pb finetune --protocol probe --encoder $(ENCODER) --split $(SPLIT) --data $(PROBE_DATA) \
+	    --results $(RESULTS) --workers $(WORKERS) $(ARGS)
 
 # Far-OOD offline data as in the reference: Rainbow agents trained on the Far-OOD games (2M steps, the
 # reference's), kept with --save-agent, then `make data DATASET=far_ood` plays them (datasets/far_ood.yaml)

@@ -98,6 +98,17 @@ def cmd_collect(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_collect_probes(args: argparse.Namespace, overrides: list[str]) -> int:
+    from atari_pb.probes.data import ProbeDatasetConfig, collect_probes
+
+    flags = [f"games=[{','.join(args.games)}]"] if args.games else []
+    path = dataset_file(args.dataset) if args.dataset is not None else None
+    cfg = load_config(ProbeDatasetConfig, path, [*flags, *overrides])
+    collected = collect_probes(args.dst, cfg)
+    log.info("collect-probes: %d games collected into %s", len(collected), args.dst)
+    return 0
+
+
 def cmd_download(args: argparse.Namespace, overrides: list[str]) -> int:
     from atari_pb.data.download import download
 
@@ -366,6 +377,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser(
+        "collect-probes",
+        help="play the AtariARI-annotated games: frame stacks labelled with their RAM bytes, one HDF5 per game",
+    )
+    p.add_argument("dst", type=Path, help="directory of <game>.h5 files and their manifest.json")
+    p.add_argument(
+        "--dataset",
+        help="a probe dataset YAML, or a name in datasets/ (probes, probes_demo); default: what probes.yaml says",
+    )
+    p.add_argument("--games", nargs="+", help="annotated games, or splits (their annotated games)")
+    p.set_defaults(func=cmd_collect_probes)
 
     p = sub.add_parser("download", help="fetch DQN-Replay files over HTTPS (prefix-streaming, resumable)")
     p.add_argument("dest", type=Path, help="root of the local DQN-Replay tree")

@@ -86,7 +86,9 @@ def test_a_missing_file_or_root_is_one_line_naming_it(tmp_path, monkeypatch):
         UsageError, match=r"objectives/simclr.yaml does not exist; objectives/ holds: atc, bc"
     ):
         config_file("objectives", "simclr")
-    with pytest.raises(UsageError, match="unknown protocol 'ppo'; valid protocols: offline_bc, rainbow"):
+    with pytest.raises(
+        UsageError, match=f"unknown protocol 'ppo'; valid protocols: {', '.join(protocol_names())}$"
+    ):
         load_protocol_config("ppo")
     with pytest.raises(UsageError, match=r"dataset file nope.yaml does not exist; datasets/ holds: "):
         dataset_file("nope.yaml")

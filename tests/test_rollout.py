@@ -125,8 +125,10 @@ def test_eval_yaml_games(split, count):
     cfg = load_eval_config(split)
     assert cfg.split == split and len(cfg.games) == count
     assert cfg.games == [g.name for g in split_games(split)]
-    assert cfg.epsilon == 0.001 and cfg.episodes == 100 and cfg.env.horizon == 27_000
-    assert cfg.env.sticky_action_prob == 0.0 and not cfg.env.episodic_life
+    assert cfg.epsilon == 0.001 and cfg.episodes == 100 and cfg.env == EnvConfig()  # the released env:
+    assert cfg.env.horizon == 27_001 and cfg.env.sticky_action_prob == 0.0 and not cfg.env.episodic_life
+    assert (cfg.env.noop, cfg.env.fire_reset, cfg.env.life_loss) == ("released", False, "released")
+    assert (cfg.env.resize, cfg.env.action_set) == ("linear", "released")
 
 
 def test_eval_config_errors_and_overrides():

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from atari_pb.core.policies import EpsilonGreedy, RandomPolicy
 from atari_pb.data.replay_format import FRAME_SHAPE, GzipNpyWriter, replay_file, run_dir, write_gz_npy
+from atari_pb.envs.atari import minimal_indices
 from atari_pb.errors import DataError, UsageError
 from atari_pb.games import Game
 
@@ -144,7 +145,11 @@ def collect_game(
     )
     try:
         seeds = [run_seed(cfg.seed, game, r) for r in runs]
-        policy = make_policy(cfg, game, env.single_action_space.n, seeds)
+        # actions are logged as indices into Atari-PB's action set (the minimal set, as in DQN-Replay, but
+        # without NOOP in basic_math and othello, as the released Far-OOD data and env): action k plays the
+        # vector env's minimal-set action to_env[k]
+        to_env = minimal_indices(game, "released")
+        policy = make_policy(cfg, game, len(to_env), seeds)
         obs, _ = env.reset(seed=np.array(seeds, dtype=np.int64))
         for run in runs:
             replay_file(out_root, game.replay_name, run, "observation", 0).parent.mkdir(
@@ -168,7 +173,7 @@ def collect_game(
                 for i in range(n):
                     frames[:, i % _WRITE_BLOCK] = obs[:, -1]
                     a = policy.act(obs).astype(np.int32)
-                    obs, r, term, trunc, _ = env.step(a)
+                    obs, r, term, trunc, _ = env.step(to_env[a])
                     action[:, i], terminal[:, i] = a, term | trunc
                     reward[:, i] = r if cfg.reward == "raw" else np.clip(r, -1.0, 1.0)  # DQN-Replay clips
                     if (i + 1) % _WRITE_BLOCK == 0 or i + 1 == n:

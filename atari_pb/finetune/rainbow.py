@@ -30,13 +30,14 @@ from atari_pb.augment import BatchRandom, augment
 from atari_pb.core.device import pick_device
 from atari_pb.core.episodes import EpisodeTracker
 from atari_pb.core.policies import EpsilonGreedy
+from atari_pb.core.schedules import linear
 from atari_pb.core.timing import NO_TIMING, Sections
 from atari_pb.envs.atari import EnvConfig, make_vector_env
 from atari_pb.errors import UsageError
 from atari_pb.finetune.base import FinetuneResult, FinetuneTask, Protocol, load_protocol_config, register
 from atari_pb.finetune.replay import PrioritizedReplay, ReplayBatch
 from atari_pb.games import Game
-from atari_pb.models.agent import AgentNet, build_agent_net, save_agent
+from atari_pb.models.agent import HEAD_INITS, AgentNet, build_agent_net, save_agent
 from atari_pb.models.distributional import project_distribution, q_values, select_greedy
 from atari_pb.models.ema import ema_update, make_target
 from atari_pb.models.encoder import Encoder
@@ -58,6 +59,7 @@ class AgentConfig:
     grad_clip: float = 10.0  # max gradient norm; 0 = no clipping
     augment: bool = True  # random shift + intensity on the observation ...
     augment_target: bool = True  # ... and on the n-step successor the target is computed from
+    head_init: str = "normal"  # released: C51 head weights and biases N(0, 1) (mh_distributional); torch
     act_with: str = "target"  # target | online: the network that explores and plays (Atari-PB: target)
     life_loss_terminal: bool = True  # a lost life ends n-step returns (learning only; the game goes on)
 
@@ -113,17 +115,14 @@ def check(cfg: RainbowConfig) -> None:
         raise UsageError(f"agent: need n_step >= 1 and 0 <= target_tau <= 1 (got {a.n_step}, {a.target_tau})")
     if a.act_with not in ("target", "online"):
         raise UsageError(f"agent.act_with={a.act_with!r}; valid: target, online")
+    if a.head_init not in HEAD_INITS:
+        raise UsageError(f"agent.head_init={a.head_init!r}; valid: {', '.join(HEAD_INITS)}")
     if min(t.env_steps, t.num_envs, t.batch_size, t.eps_decay_steps, t.log_every) < 1:
         raise UsageError("train: env_steps, num_envs, batch_size, eps_decay_steps and log_every must be >= 1")
     if t.learning_starts < 0 or t.updates_per_step < 0:
         raise UsageError("train: learning_starts and updates_per_step must be >= 0")
     if cfg.replay.capacity // t.num_envs < 2 * (a.n_step + cfg.env.frames):
         raise UsageError(f"replay.capacity={cfg.replay.capacity} is too small for {t.num_envs} envs")
-
-
-def linear(start: float, end: float, progress: float) -> float:
-    """start -> end as progress goes 0 -> 1, constant outside."""
-    return start + (end - start) * min(max(progress, 0.0), 1.0)
 
 
 class RainbowAgent(nn.Module):
@@ -146,7 +145,9 @@ class RainbowAgent(nn.Module):
         super().__init__()
         self.cfg, self.num_actions, self.seed = cfg, num_actions, seed
         self.train_backbone = train_backbone
-        self.online = build_agent_net(encoder, num_actions * cfg.num_atoms, train_backbone)
+        self.online = build_agent_net(
+            encoder, num_actions * cfg.num_atoms, train_backbone, head_init=cfg.head_init
+        )
         self.target = AgentNet(
             make_target(self.online.backbone) if train_backbone else self.online.backbone,
             make_target(self.online.neck),
@@ -313,7 +314,6 @@ def train_rainbow(
     learner = _Learner(agent, replay, cfg, sections)
     episodes = EpisodeTracker(n)
     finished: list[tuple[float, int]] = []
-    lives = None
     steps = 0
     bar = tqdm(
         total=t.env_steps, unit="step", desc=f"rainbow {game.name}", disable=None if progress else True
@@ -329,13 +329,20 @@ def train_rainbow(
             if not np.array_equal(info["env_id"], np.arange(n)):  # the replay's streams assume env order
                 raise RuntimeError(f"the vector env returned envs {info['env_id']} out of order")
             ended = terminated | truncated
-            lost_life = np.zeros(n, dtype=bool)
-            if a.life_loss_terminal and lives is not None:  # on an episode end, lives are the next one's
-                lost_life = (info["lives"] < lives) & ~ended
-            lives = info["lives"]
+            # a life lost in an episode that goes on, by the env's rule (the released env's: lives below
+            # the count at its last reset or loss); after one the released env restarts its stack from zeros
+            lost_life = info["lost_life"] & a.life_loss_terminal
             final = info["final_obs"][:, -1] if ended.any() else None
             with sections("replay.add"):  # rewards are clipped for learning only; scores stay raw
-                replay.add(obs[:, -1], actions, np.sign(reward), terminated | lost_life, ended, final)
+                replay.add(
+                    obs[:, -1],
+                    actions,
+                    np.sign(reward),
+                    terminated | lost_life,
+                    ended,
+                    final,
+                    info["stack_reset"],
+                )
             finished += [(ret, length) for _, ret, length in episodes.step(reward, ended)]
             obs = next_obs
             steps += n

@@ -1,8 +1,10 @@
 """Prioritised n-step replay for Rainbow, fed by a stream from `num_envs` parallel environments.
 
 Memory: the buffer stores one 84x84 frame per step, not the 4-frame stack the agent saw (7 KB instead
-of 28 KB a transition), and rebuilds stacks when it samples, with zeros before an episode's first frame
-(exactly what ale_py's vector env shows after a reset).
+of 28 KB a transition), and rebuilds stacks when it samples, with zeros before a stack's first frame:
+an episode's first, or the first after a lost life where the env restarted its stack from zeros (the
+released Atari-PB env, life_loss="released"). So the stacks learned from are exactly the ones the env
+showed.
 
 Layout: the capacity is split into one ring per environment, so each environment's steps lie in
 consecutive slots and "the frame k steps earlier" or "the reward k steps later" is index arithmetic
@@ -108,7 +110,7 @@ class PrioritizedReplay:
         self.reward = np.zeros(self.capacity, dtype=np.float32)
         self.terminal = np.zeros(self.capacity, dtype=bool)  # no bootstrap past this step
         self.last = np.zeros(self.capacity, dtype=bool)  # the episode ended with this step
-        self.first = np.zeros(self.capacity, dtype=bool)  # an episode's first frame: stacks stop here
+        self.first = np.zeros(self.capacity, dtype=bool)  # a stack's first frame: stacks stop here
         self.ends = np.zeros(self.capacity, dtype=bool)  # terminal | last: n-step windows stop here
         self.valid = np.zeros(self.capacity, dtype=bool)  # sampleable
         self.tree = SumTree(self.capacity)
@@ -116,7 +118,7 @@ class PrioritizedReplay:
         self.rng = np.random.default_rng(seed)
         self.cursor = np.zeros(num_envs, dtype=np.int64)  # next position in each ring
         self.written = np.zeros(num_envs, dtype=np.int64)  # slots ever written per ring
-        self.new_episode = np.ones(num_envs, dtype=bool)  # the next slot starts an episode
+        self.new_episode = np.ones(num_envs, dtype=bool)  # the next slot starts a stack (an episode's or not)
         self.pending: list[list[int]] = [[] for _ in range(num_envs)]  # slots awaiting their future
 
     def __len__(self) -> int:
@@ -135,19 +137,24 @@ class PrioritizedReplay:
         terminals: np.ndarray,
         episode_ends: np.ndarray,
         final_frames: np.ndarray | None = None,
+        stack_restarts: np.ndarray | None = None,
     ) -> None:
         """One step of every environment. frames (N, H, W): the newest frame of the observation each env
         acted on (obs[:, -1]); actions, rewards (as learned from: clip them first); terminals: no
         bootstrap past this step (game over, or a lost life when those count as terminal); episode_ends:
         the episode ended with this step (terminated or truncated: the next `add` starts a new one);
         final_frames (N, H, W): the newest frame of the observation after the last step, where
-        episode_ends (the env's info["final_obs"][:, -1])."""
+        episode_ends (the env's info["final_obs"][:, -1]); stack_restarts: the observation after this
+        step restarted its stack from zeros while the episode goes on (the env's info["stack_reset"]: a
+        lost life in the released env), so stacks from the next frame on look no further back."""
         for env in range(self.num_envs):
             self._write(env, frames[env], actions[env], rewards[env], terminals[env], episode_ends[env])
             if episode_ends[env]:
                 if final_frames is None:
                     raise ValueError("an episode ended: add needs final_frames")
                 self._write(env, final_frames[env], 0, 0.0, False, False, is_transition=False)
+                self.new_episode[env] = True
+            elif stack_restarts is not None and stack_restarts[env]:
                 self.new_episode[env] = True
 
     def _write(
@@ -249,7 +256,7 @@ class PrioritizedReplay:
         )
 
     def stack(self, idx: np.ndarray) -> np.ndarray:
-        """(B, frames, H, W) stacks ending at slots `idx`, zero before each episode's first frame."""
+        """(B, frames, H, W) stacks ending at slots `idx`, zero before each stack's first frame."""
         env, pos = idx[:, None] // self.seg, idx[:, None] % self.seg
         back = np.arange(self.frames - 1, -1, -1)  # oldest frame first
         slots = self._slot(env, pos - back)  # (B, frames)

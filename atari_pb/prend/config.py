@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from atari_pb.config import config_file, load_config
-from atari_pb.envs.atari import EnvConfig
+from atari_pb.envs.atari import ALE_VECTOR_SETTINGS, EnvConfig
 from atari_pb.errors import UsageError
 
 
@@ -62,7 +62,9 @@ class PPOConfig:
 def _exploration_env() -> EnvConfig:
     # RND's settings: sticky actions (p = 0.25) make the emulator stochastic, and an episode ends at game
     # over (a lost life is no reason to stop exploring)
-    return EnvConfig(sticky_action_prob=0.25, episodic_life=False)
+    # RND's exploration env is not Atari-PB's: ale-py's own vector env (ALE_VECTOR_SETTINGS: its no-ops, FIRE
+    # at reset, area resizing, no life-loss handling, the minimal action set), on its fast C++ engine
+    return EnvConfig(**{**ALE_VECTOR_SETTINGS, "sticky_action_prob": 0.25, "episodic_life": False})
 
 
 @dataclass

@@ -228,7 +228,7 @@ def setup(game: Game, encoder: str, out: Path, cfg: PrendConfig, resume: bool) -
 
     torch.manual_seed(cfg.train.seed)
     intrinsic = build_intrinsic(encoder, game, cfg.env.frames, ic, device)
-    policy = PolicyNet(cfg.env.frames, num_actions(game)).to(device)
+    policy = PolicyNet(cfg.env.frames, num_actions(game, cfg.env.action_set)).to(device)
     return PrendRun(
         game=game,
         encoder=encoder,
