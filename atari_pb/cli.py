@@ -89,10 +89,19 @@ def _games(names: Sequence[str]):
     return resolve_games(names)
 
 
+def _dqn_replay_only(cfg, command: str) -> None:
+    """collect and download write DQN-Replay trees; the released Far-OOD layout is only read (ingest)."""
+    if cfg.layout != "dqn_replay":
+        raise UsageError(
+            f"{command} writes DQN-Replay trees; layout={cfg.layout} is a layout ingest reads (downloaded by hand)"
+        )
+
+
 def cmd_collect(args: argparse.Namespace, overrides: list[str]) -> int:
     from atari_pb.data.collect import collect
 
     cfg = _dataset_config(args, overrides)
+    _dqn_replay_only(cfg, "collect")
     collect(args.out, _games(cfg.games), cfg.runs, cfg.ckpts, cfg.collect)
     log.info("collected into %s", args.out)
     return 0
@@ -113,6 +122,7 @@ def cmd_download(args: argparse.Namespace, overrides: list[str]) -> int:
     from atari_pb.data.download import download
 
     cfg = _dataset_config(args, overrides)
+    _dqn_replay_only(cfg, "download")
     samples = None if args.whole else cfg.samples_per_ckpt
     report = download(
         args.dest,
@@ -132,7 +142,7 @@ def cmd_download(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_ingest(args: argparse.Namespace, overrides: list[str]) -> int:
     from atari_pb.data.ingest import ingest
 
-    cfg = _dataset_config(args, overrides)
+    cfg = _dataset_config(args, [*([f"layout={args.layout}"] if args.layout else []), *overrides])
     if cfg.samples_per_ckpt is None:
         raise UsageError("ingest needs --samples-per-ckpt N (or a --dataset file that sets samples_per_ckpt)")
     if args.workers < 1:
@@ -146,6 +156,7 @@ def cmd_ingest(args: argparse.Namespace, overrides: list[str]) -> int:
         cfg.samples_per_ckpt,
         args.workers,
         args.full_check,
+        cfg.layout,
     )
     for line in report.errors:
         print(f"atari-pb: error: {line}", file=sys.stderr)
@@ -416,6 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--full-check",
         action="store_true",
         help="decompress whole observation files to check their CRC-32 (costs the full decompression)",
+    )
+    p.add_argument(
+        "--layout",
+        choices=("dqn_replay", "atari_pb_far_ood"),
+        help="source layout (default: the dataset's, dqn_replay): atari_pb_far_ood reads the released "
+        "Far-OOD BC data, <Game>/<field>_<run>_<ckpt>.gz",
     )
     p.set_defaults(func=cmd_ingest)
 

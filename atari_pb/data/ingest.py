@@ -10,6 +10,23 @@ has a `download.json` beside its replay_logs/; a requested checkpoint listed the
 checkpoint it names, and its shard is named after the checkpoint it holds (`run1_ckpt49.h5`, `ckpt: 49` and
 the ckpt-49 file as `source` in the manifest), so `ingest --dataset datasets/offline_bc.yaml` (checkpoint
 50) works on such a tree and the manifest says where each shard came from.
+
+`layout="atari_pb_far_ood"` reads the released Far-OOD BC data instead (replay_format.py: LAYOUTS), the
+buffer dumps the released Rainbow agents wrote with PERBuffer.save_buffer (per_buffer.py:224-246):
+`<Game>/{observation,action,reward,terminal}_<run>_<ckpt>.gz`; the released loader reads run 1, checkpoint 2,
+its first 50,000 transitions (configs/dataloader/far_ood_offline_bc.yaml; src/common/dataset_utils.py:164-172).
+Such a shard holds the same arrays as a DQN-Replay one, with these differences:
+  * invalid_range is empty and add_count is -1: a dump has neither. It is the buffer's array saved whole and
+    read from its start; the buffer's write cursor, the only place where stored transitions are not in time
+    order, sits at its end (1M slots, 2M steps: at slot 1M - max_n_step + 1), not in a prefix.
+  * action: indices into the released env's action set (minimal set; NOOP dropped for basic_math and
+    othello), which is what our env and `collect` use (envs/atari.py: action_set(game, "released")); they
+    are stored as they are, after checking they are integers in 0..num_actions(game) - 1.
+  * reward: the released env's sign-clipped reward (envs/atari.py:155, clip_reward=True), float64 -> float32.
+  * terminal: the released env's `done` (envs/atari.py:157): game over, the 27,000-step horizon, *or a lost
+    life* (episodic_lives=True, the default its config keeps), unlike DQN-Replay's game-over terminal; the
+    released loader uses it as the episode end just the same (dataset_utils.py:210-214).
+  * attrs: `layout`, `sources` (its four files); the manifest's `source` is "atari_pb_far_ood:<obs file>".
 """
 
 from __future__ import annotations
@@ -25,24 +42,50 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
+import numpy as np
 from tqdm import tqdm
 
 from atari_pb.data.download import RECORD_NAME, read_used_ckpts
-from atari_pb.data.manifest import MANIFEST_NAME, ShardEntry, read_manifest, sha256_file, write_manifest
+from atari_pb.data.manifest import (
+    MANIFEST_NAME,
+    ShardEntry,
+    fsync_dir,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
 from atari_pb.data.replay_format import (
     ALL_FIELDS,
+    FRAME_BYTES,
+    FRAME_SHAPE,
+    LAYOUTS,
     META_FIELDS,
+    RELEASED_LAYOUT,
     STORE_FIELDS,
+    open_released_array,
     open_store_array,
+    read_items_into,
+    read_released_prefix,
     read_small_array,
+    relative_released_file,
+    released_file,
     replay_file,
     run_dir,
 )
-from atari_pb.data.shard import ShardJob, build_shard, shard_problems
+from atari_pb.data.shard import (
+    SCALAR_FIELDS,
+    SHARD_SCHEMA_VERSION,
+    ShardJob,
+    build_shard,
+    shard_problems,
+)
+from atari_pb.envs.atari import num_actions
 from atari_pb.errors import AtariPBError, DataError, UsageError
 from atari_pb.games import Game, all_games
 
 log = logging.getLogger(__name__)
+_OBS_BLOCK = 2048  # frames decompressed and written at a time (as shard.py)
 
 
 @dataclass
@@ -64,9 +107,12 @@ def plan_ingest(
     ckpts: Sequence[int],
     samples: int,
     full_check: bool = False,
+    layout: str = "dqn_replay",
 ) -> list[ShardJob]:
     """Check the request against what `src` holds; one job per (game, run, checkpoint)."""
     src, dst = Path(src), Path(dst)
+    if layout not in LAYOUTS:
+        raise UsageError(f"layout {layout!r}; valid layouts: {', '.join(LAYOUTS)}")
     if not src.is_dir():
         raise UsageError(f"source {src} is not a directory")
     if dst.exists() and not dst.is_dir():
@@ -83,6 +129,14 @@ def plan_ingest(
             raise UsageError(
                 f"{src / game.replay_name} does not exist; games in {src}: {', '.join(present) or 'none'}"
             )
+        if layout == RELEASED_LAYOUT:
+            jobs += _released_jobs(src, dst, game, runs, ckpts, samples, full_check)
+            continue
+        if _available(src / game.replay_name, "observation_*_*.gz"):
+            raise UsageError(
+                f"{src / game.replay_name} holds released Far-OOD files (observation_<run>_<ckpt>.gz), "
+                f"not DQN-Replay's <run>/replay_logs/; ingest it with --layout {RELEASED_LAYOUT}"
+            )
         for run in runs:
             logs = run_dir(src, game.replay_name, run)
             if not logs.is_dir():
@@ -96,8 +150,170 @@ def plan_ingest(
                 )
             jobs += _run_jobs(src, dst, game, run, ckpts, samples, full_check)
     for job in tqdm(jobs, unit="checkpoint", desc="check sources", disable=None, leave=False):
-        check_sources(job)
+        if isinstance(job, ReleasedShardJob):
+            check_released_sources(job)
+        else:
+            check_sources(job)
     return jobs
+
+
+@dataclass(frozen=True)
+class ReleasedShardJob(ShardJob):
+    """A shard of the released Far-OOD layout (module docstring)."""
+
+    num_actions: int = 0  # actions must index the game's released action set: 0..num_actions - 1
+
+    def file(self, fld: str) -> Path:
+        return released_file(Path(self.src_root), self.replay_name, self.run, fld, self.ckpt)
+
+    def relative(self, fld: str) -> str:
+        return relative_released_file(self.replay_name, self.run, fld, self.ckpt)
+
+
+def _released_jobs(
+    src: Path,
+    dst: Path,
+    game: Game,
+    runs: Sequence[int],
+    ckpts: Sequence[int],
+    samples: int,
+    full_check: bool,
+) -> list[ShardJob]:
+    folder = src / game.replay_name
+    if (folder / str(runs[0]) / "replay_logs").is_dir() or _available(folder, "*/replay_logs"):
+        raise UsageError(
+            f"{folder} is a DQN-Replay tree (<run>/replay_logs/), not the released Far-OOD layout "
+            f"(<field>_<run>_<ckpt>.gz); ingest it with --layout dqn_replay"
+        )
+    jobs = []
+    for run in runs:
+        for ckpt in ckpts:
+            for fld in STORE_FIELDS:
+                path = released_file(src, game.replay_name, run, fld, ckpt)
+                if not path.is_file():
+                    have = sorted(
+                        n[len("observation_") : -3] for n in _available(folder, "observation_*_*.gz")
+                    )
+                    raise UsageError(
+                        f"{path} does not exist; {RELEASED_LAYOUT} expects {folder}/<field>_<run>_<ckpt>.gz "
+                        f"for observation, action, reward, terminal; (run_ckpt) there: {', '.join(have) or 'none'}"
+                    )
+            jobs.append(
+                ReleasedShardJob(
+                    str(src),
+                    str(dst),
+                    game.name,
+                    game.replay_name,
+                    run,
+                    ckpt,
+                    samples,
+                    full_check,
+                    num_actions=num_actions(game),
+                )
+            )
+    return jobs
+
+
+def check_released_sources(job: ReleasedShardJob) -> None:
+    """The headers of a released checkpoint's four files: dtypes, shapes, and one common length."""
+    lengths = {}
+    for fld in STORE_FIELDS:
+        reader, header = open_released_array(job.file(fld), fld)
+        reader.close()
+        if header.shape[0] < job.samples:
+            raise DataError(f"{reader.path}: has {header.shape[0]} transitions, {job.samples} were asked for")
+        lengths[fld] = header.shape[0]
+    if len(set(lengths.values())) > 1:
+        raise DataError(
+            f"{job.file('action')}: the four files of one buffer dump differ in length "
+            f"({', '.join(f'{k} {v}' for k, v in lengths.items())})"
+        )
+
+
+def _released_scalars(job: ReleasedShardJob) -> dict[str, np.ndarray]:
+    """action, reward, terminal: the first `samples`, values checked, in the shard's dtypes."""
+    raw = {fld: read_released_prefix(job.file(fld), fld, job.samples)[0] for fld in SCALAR_FIELDS}
+    action = raw["action"]
+    whole = np.isfinite(action) & (action == np.round(action)) if action.dtype.kind == "f" else True
+    bad = np.flatnonzero(~(whole & (action >= 0) & (action < job.num_actions)))
+    if bad.size:
+        raise DataError(
+            f"{job.file('action')}: action {action[bad[0]].item()!r} at index {bad[0]} ({bad.size} such) is not an "
+            f"index into {job.game}'s released action set (integers 0..{job.num_actions - 1})"
+        )
+    terminal = raw["terminal"]
+    bad = np.flatnonzero((terminal != 0) & (terminal != 1))
+    if bad.size:
+        raise DataError(
+            f"{job.file('terminal')}: terminal {terminal[bad[0]].item()!r} at index {bad[0]}; expected 0 or 1 (done)"
+        )
+    return {
+        "action": action.astype(np.int32),
+        "reward": raw["reward"].astype(np.float32),
+        "terminal": terminal.astype(np.uint8),
+    }
+
+
+def build_released_shard(job: ReleasedShardJob) -> ShardEntry:
+    """build_shard for the released Far-OOD layout: the same schema, written the same atomic way."""
+    final = Path(job.dst_root) / job.relpath
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    n = job.samples
+    scalars = _released_scalars(job)
+    reader, header = open_released_array(job.file("observation"), "observation")
+    try:
+        if n > header.shape[0]:
+            raise DataError(f"{reader.path}: has {header.shape[0]} transitions, {n} were asked for")
+        with h5py.File(tmp, "w", libver="v110") as f:
+            for fld in SCALAR_FIELDS:
+                f.create_dataset(fld, data=scalars[fld], track_times=False)
+            f.create_dataset("invalid_range", data=np.zeros(0, np.int64), track_times=False)
+            obs = f.create_dataset("observation", shape=(n, *FRAME_SHAPE), dtype=np.uint8, track_times=False)
+            block = np.empty((min(n, _OBS_BLOCK), *FRAME_SHAPE), np.uint8)
+            for start in range(0, n, _OBS_BLOCK):
+                m = min(_OBS_BLOCK, n - start)
+                read_items_into(reader, block[:m])
+                obs[start : start + m] = block[:m]
+            if job.full_check or n == header.shape[0]:
+                rest = reader.drain()
+                if rest != (header.shape[0] - n) * FRAME_BYTES:
+                    raise DataError(
+                        f"{reader.path}: the stream ends {rest} bytes after frame {n}, not at frame {header.shape[0]}"
+                    )
+            f.attrs.update(_released_attrs(job, header.shape[0]))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        digest, size = sha256_file(tmp), tmp.stat().st_size
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        reader.close()
+    source = f"{RELEASED_LAYOUT}:{job.relative('observation')}"
+    return ShardEntry(job.relpath, job.game, job.run, job.ckpt, n, digest, size, source)
+
+
+def _released_attrs(job: ReleasedShardJob, length: int) -> dict:
+    return {
+        "schema_version": SHARD_SCHEMA_VERSION,
+        "game": job.game,
+        "replay_name": job.replay_name,
+        "run": job.run,
+        "ckpt": job.ckpt,
+        "source": job.relative("observation"),
+        "source_length": length,
+        "add_count": -1,  # a buffer dump records none
+        "layout": RELEASED_LAYOUT,
+        "sources": [job.relative(fld) for fld in STORE_FIELDS],
+    }
+
+
+def build_job(job: ShardJob) -> ShardEntry:
+    """Build one shard of either layout (what the worker processes run)."""
+    return build_released_shard(job) if isinstance(job, ReleasedShardJob) else build_shard(job)
 
 
 def _run_jobs(
@@ -176,8 +392,9 @@ def ingest(
     samples: int,
     workers: int = 1,
     full_check: bool = False,
+    layout: str = "dqn_replay",
 ) -> IngestReport:
-    jobs = plan_ingest(src, dst, games, runs, ckpts, samples, full_check)
+    jobs = plan_ingest(src, dst, games, runs, ckpts, samples, full_check, layout)
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     entries = read_manifest(dst)
@@ -205,7 +422,7 @@ def ingest(
         if workers <= 1:
             for job in todo:
                 try:
-                    finished(build_shard(job))
+                    finished(build_job(job))
                 except AtariPBError as err:
                     report.errors.append(str(err))
                 bar.update()
@@ -214,7 +431,7 @@ def ingest(
             with ProcessPoolExecutor(
                 workers, mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(),)
             ) as pool:
-                job_of: dict[Future, ShardJob] = {pool.submit(build_shard, job): job for job in todo}
+                job_of: dict[Future, ShardJob] = {pool.submit(build_job, job): job for job in todo}
                 pending = set(job_of)
                 while pending:
                     done_now, pending = wait(pending, return_when=FIRST_COMPLETED)

@@ -1,4 +1,5 @@
-"""The DQN-Replay (Dopamine logged replay) on-disk format: paths, and gzip-compressed .npy arrays.
+"""The DQN-Replay (Dopamine logged replay) on-disk format: paths, and gzip-compressed .npy arrays; and the
+released Atari-PB Far-OOD buffer dumps (layout `atari_pb_far_ood`, below), which use the same file format.
 
 Each file is one `numpy.save` array inside a gzip stream. The reader decompresses only as many bytes as
 the caller asks for, so the first N frames of a 1M-frame observation file cost about N/1M of the work.
@@ -32,6 +33,19 @@ ALL_FIELDS = tuple(STORE_FIELDS) + META_FIELDS
 
 _READ_CHUNK = 1 << 20  # compressed bytes fed to zlib at a time
 
+# Source layouts `atari-pb ingest --layout` reads.
+#   dqn_replay        <root>/<Game>/<run>/replay_logs/$store$_<field>_ckpt.<k>.gz + add_count, invalid_range
+#   atari_pb_far_ood  the released Far-OOD BC data, written by the released PERBuffer.save_buffer
+#                     (src/agents/buffers/per_buffer.py:224-246): <root>/<Game>/<field>_<run>_<ckpt>.gz, with
+#                     <Game> the CamelCase name (src/agents/base.py:224-225; read back the same way by
+#                     src/common/dataset_utils.py:161,172). No add_count, no invalid_range.
+LAYOUTS = ("dqn_replay", "atari_pb_far_ood")
+RELEASED_LAYOUT = "atari_pb_far_ood"
+# The released buffers are np.zeros(size) (float64) for action, reward and done (per_buffer.py:98-100) and
+# uint8 frame stacks whose last frame is saved (per_buffer.py:97, 235): observation (N, 84, 84) uint8, the
+# scalars (N,) of any real dtype, converted to the shard's dtypes after their values are checked.
+RELEASED_SCALAR_KINDS = "fiub"
+
 
 def file_name(field: str, ckpt: int) -> str:
     prefix = "$store$_" if field in STORE_FIELDS else ""
@@ -49,6 +63,19 @@ def replay_file(root: Path, replay_name: str, run: int, field: str, ckpt: int) -
 
 def relative_replay_file(replay_name: str, run: int, field: str, ckpt: int) -> str:
     return f"{replay_name}/{run}/replay_logs/{file_name(field, ckpt)}"
+
+
+def released_file_name(field: str, run: int, ckpt: int) -> str:
+    return f"{field}_{run}_{ckpt}.gz"
+
+
+def released_file(root: Path, replay_name: str, run: int, field: str, ckpt: int) -> Path:
+    """<root>/<Game>/<field>_<run>_<ckpt>.gz (the released Far-OOD layout)"""
+    return Path(root) / replay_name / released_file_name(field, run, ckpt)
+
+
+def relative_released_file(replay_name: str, run: int, field: str, ckpt: int) -> str:
+    return f"{replay_name}/{released_file_name(field, run, ckpt)}"
 
 
 class GzipPrefixReader:
@@ -167,8 +194,7 @@ def read_npy_header(reader: GzipPrefixReader) -> NpyHeader:
     return NpyHeader(dtype=dtype, shape=tuple(shape), fortran_order=fortran)
 
 
-def open_store_array(path: Path, field: str) -> tuple[GzipPrefixReader, NpyHeader]:
-    """Open a `$store$_` file and check its dtype and item shape against the DQN-Replay format."""
+def _open_npy(path: Path) -> tuple[GzipPrefixReader, NpyHeader]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: missing file")
@@ -177,7 +203,56 @@ def open_store_array(path: Path, field: str) -> tuple[GzipPrefixReader, NpyHeade
     except OSError as err:
         raise DataError(f"{path}: cannot open ({err.strerror})") from None
     try:
-        header = read_npy_header(reader)
+        return reader, read_npy_header(reader)
+    except BaseException:
+        reader.close()
+        raise
+
+
+def open_released_array(path: Path, field: str) -> tuple[GzipPrefixReader, NpyHeader]:
+    """Open a released Far-OOD file (`<field>_<run>_<ckpt>.gz`) and check its dtype and shape."""
+    reader, header = _open_npy(path)
+    try:
+        if field == "observation":
+            if header.dtype != np.uint8 or len(header.shape) != 3 or tuple(header.shape[1:]) != FRAME_SHAPE:
+                raise DataError(
+                    f"{path}: {header.dtype}{header.shape} but {RELEASED_LAYOUT} observation is uint8 "
+                    "(N, 84, 84), the last frame of each stored stack"
+                )
+            if header.fortran_order:
+                raise DataError(
+                    f"{path}: Fortran-ordered observation arrays are not {RELEASED_LAYOUT} format"
+                )
+        elif len(header.shape) != 1 or header.dtype.kind not in RELEASED_SCALAR_KINDS:
+            raise DataError(
+                f"{path}: {header.dtype}{header.shape} but {RELEASED_LAYOUT} {field} is (N,) of numbers"
+            )
+    except BaseException:
+        reader.close()
+        raise
+    return reader, header
+
+
+def read_released_prefix(path: Path, field: str, n: int) -> tuple[np.ndarray, int]:
+    """The first n items of a released scalar file, in its own dtype, and its length; the rest of the
+    stream is decompressed too (a few MB), so its CRC-32 is checked."""
+    reader, header = open_released_array(path, field)
+    with reader:
+        length = header.shape[0]
+        if n > length:
+            raise DataError(f"{path}: has {length} transitions, {n} were asked for")
+        out = np.empty(n, dtype=header.dtype)
+        read_items_into(reader, out)
+        rest = reader.drain()
+        if rest != (length - n) * header.dtype.itemsize:
+            raise DataError(f"{path}: the stream holds {rest} bytes after item {n}, its header promised more")
+    return out, length
+
+
+def open_store_array(path: Path, field: str) -> tuple[GzipPrefixReader, NpyHeader]:
+    """Open a `$store$_` file and check its dtype and item shape against the DQN-Replay format."""
+    reader, header = _open_npy(path)
+    try:
         dtype, item_shape = STORE_FIELDS[field]
         if header.dtype != dtype:
             raise DataError(f"{path}: dtype {header.dtype} but DQN-Replay {field} is {dtype}")
