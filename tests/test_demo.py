@@ -29,10 +29,11 @@ GAMES = {"boxing": "id", "breakout": "id", "freeway": "id", "pong": "near_ood", 
 
 
 def dqn_normalized(game: str, score: float) -> float:
-    """Agarwal et al.'s normalisation, written out from the game table (not the library's helper)."""
+    """Agarwal et al.'s normalisation as the released Atari-PB logger writes it (src/common/logger.py:345-347,
+    + 1e-6 in the range), from the game table (not the library's helper)."""
     g = get_game(game)
     lo, hi = sorted((g.random_score, g.reference_score))
-    return (score - lo) / (hi - lo)
+    return (score - lo) / (hi - lo + 1e-6)
 
 
 def _make_demo(tmp: Path) -> subprocess.CompletedProcess:

@@ -51,8 +51,8 @@ def test_resnet50_preset_is_atari_pbs_backbone():
     net = Backbone("resnet50")
     assert net(torch.zeros(2, 4, 84, 84, dtype=torch.uint8)).shape == (2, 2048, 6, 6)
     assert (
-        sum(p.numel() for p in net.parameters()) == 23_511_168
-    )  # bottlenecks 3-4-6-3, GroupNorm, 4 channels
+        sum(p.numel() for p in net.parameters()) == 23_458_048
+    )  # bottlenecks 3-4-6-3, GroupNorm without affine parameters, 4 channels: the released network
     assert isinstance(net.body.maxpool, torch.nn.Identity)
     assert all(not isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
     tiny = Backbone("tiny")
@@ -238,8 +238,9 @@ def test_accumulation_and_channels_last_follow_the_plain_run(shard_dir, tmp_path
     update = torch.cat([(plain[k] - init[k]).flatten() for k in init]).norm()
     # channels_last runs other convolution kernels: their ~1e-6 relative differences in the gradients become
     # up to lr-sized steps where Adam normalises a near-zero gradient, so after 4 steps the weights may differ
-    # by ~0.5% of the update (the 8-channel tiny stem); a wrong layout would differ by the update's order
-    for label, tolerance in (("accumulate", 1e-3), ("channels_last", 1e-2)):
+    # by ~1% of the update (measured 0.5-1.2% with the 8-channel tiny stem and the released init); a wrong layout
+    # would differ by the update's order
+    for label, tolerance in (("accumulate", 1e-3), ("channels_last", 3e-2)):
         other = weights(runs[label])
         diff = torch.cat(
             [(plain[k] - other[k]).flatten() for k in plain if plain[k].is_floating_point()]
