@@ -23,7 +23,7 @@ from atari_pb.eval.aggregate import (
     performance_profiles,
     probability_of_improvement,
 )
-from atari_pb.eval.leaderboard import CSV_COLUMNS
+from atari_pb.eval.leaderboard import CSV_COLUMNS, markdown_table, write_leaderboard
 from atari_pb.eval.records import ResultRecord, read_records, record_path, write_record
 from atari_pb.eval.scores import (
     dqn_normalized,
@@ -33,6 +33,7 @@ from atari_pb.eval.scores import (
     score_matrices,
     score_matrix,
 )
+from atari_pb.probes.annotations import CATEGORY_NAMES
 from tests.conftest import one_error_line, run_cli
 
 REPS = 200
@@ -347,7 +348,7 @@ def test_cli_split_without_results_and_unknown_split(results):
     line = one_error_line(
         run_cli("eval", "--results", results, "--split", "id", "--protocol", "ppo", cwd=results), 2
     )
-    assert "offline_bc, rainbow" in line
+    assert "offline_bc, probe, rainbow" in line
 
 
 def test_cli_empty_results_directory(tmp_path):
@@ -363,7 +364,7 @@ def test_cli_empty_results_directory(tmp_path):
         ({"seed": "abc"}, "not an integer"),
         ({"game": "Pong"}, "must be written 'pong'"),
         ({"split": "id"}, "belongs to split near_ood"),
-        ({"protocol": "ppo"}, "valid: offline_bc, rainbow"),
+        ({"protocol": "ppo"}, "valid: offline_bc, probe, rainbow"),
     ],
 )
 def test_records_refuse_what_would_corrupt_a_table(tmp_path, change, words):
@@ -373,3 +374,86 @@ def test_records_refuse_what_would_corrupt_a_table(tmp_path, change, words):
     path.write_text(json.dumps(doc))
     with pytest.raises(DataError, match=words):
         read_records(tmp_path)
+
+
+# ---------------------------------------------------------------- protocols on a scale of their own (probe)
+PROBE_PARTS = {  # game -> category -> F1 of seed 0 (seed s: minus 0.01 s); boxing has no small objects
+    "boxing": {"agent_localization": 0.2, "other_localization": 0.4, "score_clock_lives_display": 0.9},
+    "breakout": {"agent_localization": 0.5, "small_object_localization": 0.3, "misc": 0.6},
+}
+
+
+def _probe_records(methods=("curl", "spr")) -> list[ResultRecord]:
+    out = []
+    for i, method in enumerate(methods):
+        for game, parts in PROBE_PARTS.items():
+            for seed in SEEDS:
+                shifted = {k: v + 0.1 * i - 0.01 * seed for k, v in parts.items()}
+                score = float(np.mean(list(shifted.values())))
+                config = {"score_parts": shifted}
+                out.append(ResultRecord(method, "probe", "id", game, seed, score, config=config))
+    return out
+
+
+def test_probe_scores_are_aggregated_raw_with_their_category_means():
+    records = _records(protocols=("rainbow",)) + _probe_records()
+    raw = {(r.game, r.seed): r.score for r in records if r.method == "spr" and r.protocol == "probe"}
+    for normalization in ("dqn", "human"):  # F1 is never game-normalised
+        matrix, games, seeds = score_matrix(records, "spr", "probe", "id", normalization)
+        assert games == ["boxing", "breakout"] and seeds == [0, 1, 2]
+        assert matrix[2, 1] == raw[("breakout", 2)]
+    rows = aggregate(records, "id", reps=REPS)
+    probe = [r for r in rows if r["protocol"] == "probe"]
+    assert [r["method"] for r in probe] == ["spr", "curl"]  # by IQM
+    assert all(r["normalization"] == "dqn" and "parts" not in r for r in rows if r["protocol"] == "rainbow")
+    spr = probe[0]
+    assert spr["normalization"] == "f1" and spr["mean"] == pytest.approx(np.mean(list(raw.values())))
+    # per category: per game the mean over seeds (0.1 - 0.01 on average), then over the games that have it
+    assert spr["parts"] == pytest.approx(
+        {
+            "agent_localization": (0.2 + 0.5) / 2 + 0.09,
+            "small_object_localization": 0.3 + 0.09,
+            "other_localization": 0.4 + 0.09,
+            "score_clock_lives_display": 0.9 + 0.09,
+            "misc": 0.6 + 0.09,
+        }
+    )
+    assert list(spr["parts"]) == list(CATEGORY_NAMES)  # the protocol's declared order
+    text = markdown_table(rows)
+    tables = text.split("\n\n")
+    assert (
+        tables[0].startswith("| Method | Protocol |")
+        and "| rainbow |" in tables[0]
+        and "probe" not in tables[0]
+    )
+    assert "F1 (raw, not normalised):" in text and "probe: mean F1 per category:" in text
+    assert text.count("| spr | probe | id | 2 | 3 |") == 2  # the aggregate and the category rows
+
+
+def test_probe_record_without_its_parts_is_an_error_naming_it():
+    records = _probe_records()
+    records[4].config = {}
+    with pytest.raises(DataError, match=r"curl/probe/breakout/seed1\.json: no config\.score_parts"):
+        aggregate(records, "id", reps=REPS)
+
+
+def test_leaderboard_puts_probe_rows_in_tables_of_their_own(tmp_path):
+    records = _records(protocols=("offline_bc",), methods={"curl": 0.9}) + _probe_records(("curl",))
+    written = {p.name for p in write_leaderboard(records, tmp_path, reps=20)}
+    assert {"leaderboard_f1.csv", "leaderboard_f1.tex", "parts_probe.csv"} <= written
+    with open(tmp_path / "leaderboard.csv", newline="") as f:
+        assert [r["protocol"] for r in csv.DictReader(f)] == ["offline_bc"]  # normalised rows only
+    with open(tmp_path / "leaderboard_f1.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["protocol"] == "probe" and float(row["mean"]) == pytest.approx(
+        np.mean([r.score for r in records if r.protocol == "probe"])
+    )
+    with open(tmp_path / "scores.csv", newline="") as f:
+        scores = list(csv.DictReader(f))
+    assert all((r["dqn_normalized"] == "") == (r["protocol"] == "probe") for r in scores)
+    page = (tmp_path / "index.html").read_text()
+    assert "DQN-normalised" in page and "F1 (raw, not normalised)" in page and "per category" in page
+    assert (
+        "interval_estimates_id_probe.png" in written
+        and "interval_estimates_id_probe_human.png" not in written
+    )

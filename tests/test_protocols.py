@@ -1,10 +1,13 @@
 """Every registered fine-tuning protocol, swept the way the objectives are: its YAML loads and is checked,
 it trains a tiny agent on a real game through the one `train(cfg, task)` signature, the encoder is only
 read, the backbone stays frozen unless `train_backbone` (the e2e baseline), the agent plays the game's
-actions, and the result counts gradient and environment steps apart. Adding a protocol means adding its
+actions (a protocol scored by rollouts) or the protocol scores itself on its own scale (`rollouts = False`:
+the probe), and the result counts gradient and environment steps apart. Adding a protocol means adding its
 quick settings here, or this file fails."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -39,17 +42,30 @@ QUICK = {
         ],
         True,
     ),
+    "probe": (["train.epochs=2", "train.patience=1", "features.batch_size=64"], False),
 }
+DATA = {"offline_bc": "shard_dir", "probe": "probe_dir"}  # the fixture holding a protocol's `needs_data`
 GAME = get_game("breakout")
+
+
+@pytest.fixture(scope="module")
+def probe_dir(tmp_path_factory):
+    """Real probe data of GAME (atari-pb collect-probes): 4 episodes of 100 frame stacks."""
+    from atari_pb.probes.data import ProbeDatasetConfig, collect_probes
+
+    dst = tmp_path_factory.mktemp("probes")
+    collect_probes(dst, ProbeDatasetConfig(games=[GAME.name], frames_per_game=400, num_envs=4))
+    return dst
 
 
 def test_every_protocol_has_quick_settings_here():
     assert sorted(QUICK) == protocol_names()
+    assert all(name in DATA for name in protocol_names() if PROTOCOLS[name].needs_data)
 
 
 @pytest.mark.parametrize("name", protocol_names())
 @pytest.mark.parametrize("train_backbone", [False, True], ids=["frozen", "e2e"])
-def test_protocol_trains_through_the_one_signature(name, train_backbone, shard_dir):
+def test_protocol_trains_through_the_one_signature(name, train_backbone, request):
     torch.set_num_threads(1)
     overrides, plays = QUICK[name]
     protocol = PROTOCOLS[name]
@@ -58,7 +74,7 @@ def test_protocol_trains_through_the_one_signature(name, train_backbone, shard_d
     torch.manual_seed(0)
     encoder = Encoder(ModelConfig(preset="tiny"))
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    data = shard_dir if protocol.needs_data else None
+    data = request.getfixturevalue(DATA[name]) if protocol.needs_data else None
     task = FinetuneTask(GAME, encoder, seed=0, train_backbone=train_backbone, data=data, progress=False)
     result = protocol.train(cfg, task)
 
@@ -68,6 +84,15 @@ def test_protocol_trains_through_the_one_signature(name, train_backbone, shard_d
     trained = result.agent.backbone.state_dict()
     moved = any(not torch.equal(before[f"backbone.{k}"], v) for k, v in trained.items())
     assert moved == train_backbone
+    if not protocol.rollouts:  # self-scoring: its own score on its own scale, and its declared parts
+        assert result.score is not None and math.isfinite(result.score)
+        if protocol.score_scale == "f1":
+            assert 0.0 <= result.score <= 1.0
+        assert result.summary["score_parts"] and set(result.summary["score_parts"]) <= set(
+            protocol.score_parts
+        )
+        return
+    assert result.score is None  # scored by the sweep's rollouts
     # the agent plays the game: greedy actions index its minimal action set
     env, obs = make_vector_env(GAME, 3, protocol_env(cfg), seed=0)
     env.close()
@@ -83,7 +108,9 @@ def protocol_env(cfg):
 
 
 def test_registry_refuses_unknown_and_duplicate_names():
-    with pytest.raises(UsageError, match="unknown protocol 'bc'; valid protocols: offline_bc, rainbow"):
+    with pytest.raises(
+        UsageError, match="unknown protocol 'bc'; valid protocols: offline_bc, probe, rainbow"
+    ):
         load_protocol_config("bc")
 
     class Again(Protocol):

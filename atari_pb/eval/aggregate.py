@@ -7,6 +7,11 @@ reaches arch's own generator, which the resampling never uses. So every bootstra
 `seeded(seed)`, which seeds the global generator and restores its previous state afterwards. Each method
 (each pair, for probability of improvement) is bootstrapped on its own from the same seed, so a row does not
 change when other methods join the results.
+
+A protocol with a score scale of its own (`Protocol.score_scale`, e.g. the probe's F1) is aggregated on that
+scale, raw, whatever normalization is asked for (its rows say the scale in `normalization`; the optimality
+gap is then the shortfall from 1 on that scale: F1 = 1); a protocol declaring sub-scores
+(`Protocol.score_parts`, e.g. the probe's categories) gets their means in its rows' `parts`.
 """
 
 from __future__ import annotations
@@ -15,12 +20,13 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from atari_pb.errors import UsageError
-from atari_pb.eval.records import ResultRecord
+from atari_pb.errors import DataError, UsageError
+from atari_pb.eval.records import ResultRecord, record_path
 from atari_pb.eval.scores import score_matrices
 from atari_pb.finetune.base import protocol_class, protocol_names
 from atari_pb.games import SPLITS, split_games
@@ -89,6 +95,40 @@ def protocols_with_results(records: Iterable[ResultRecord], split: str) -> list[
     return [p for p in protocol_names() if p in present]
 
 
+def _part_values(record: ResultRecord, names: Sequence[str]) -> dict[str, float]:
+    parts = record.config.get("score_parts") if isinstance(record.config, dict) else None
+    where = record_path(Path(), record.method, record.protocol, record.game, record.seed).as_posix()
+    if not isinstance(parts, dict):
+        raise DataError(f"{where}: no config.score_parts ({record.protocol} records hold {', '.join(names)})")
+    out = {}
+    for name, value in parts.items():
+        if name in names:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise DataError(f"{where}: config.score_parts.{name} = {value!r} is not a finite number")
+            out[name] = float(value)
+    return out
+
+
+def score_parts(records: Iterable[ResultRecord], split: str, protocol: str, method: str) -> dict[str, float]:
+    """Mean of each sub-score the protocol declares (`Protocol.score_parts`, in a record's
+    config["score_parts"]) for one (method, protocol, split): per game the mean over its seeds, then the
+    mean over the games that have the part (a game need not have every part: the probe's categories).
+    In the declared order; {} for a protocol without parts."""
+    names = protocol_class(protocol).score_parts
+    if not names:
+        return {}
+    by_part: dict[str, dict[str, list[float]]] = {}
+    for r in records:
+        if (r.method, r.protocol, r.split) == (method, protocol, split):
+            for name, value in _part_values(r, names).items():
+                by_part.setdefault(name, {}).setdefault(r.game, []).append(value)
+    return {
+        name: float(np.mean([np.mean(v) for v in by_part[name].values()]))
+        for name in names
+        if name in by_part
+    }
+
+
 def aggregate(
     records: Sequence[ResultRecord],
     split: str,
@@ -100,8 +140,10 @@ def aggregate(
     """One row per (method, protocol) with results on `split`.
 
     Keys: method, protocol, split, normalization, n_games, n_seeds, then for each of iqm, median, mean,
-    optimality_gap the point estimate and `<metric>_low` / `<metric>_high` (95% stratified-bootstrap CI).
-    Rows come by protocol, then IQM from best to worst. Incomplete results raise DataError (see scores.py).
+    optimality_gap the point estimate and `<metric>_low` / `<metric>_high` (95% stratified-bootstrap CI);
+    `normalization` is the protocol's own scale for one that has it, and a protocol with sub-scores adds
+    `parts` (see the module docstring). Rows come by protocol, then IQM from best to worst. Incomplete
+    results raise DataError (see scores.py).
     """
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
@@ -131,7 +173,7 @@ def aggregate(
                 "method": method,
                 "protocol": protocol,
                 "split": split,
-                "normalization": normalization,
+                "normalization": matrices.normalization,
                 "n_games": len(matrices.games),
                 "n_seeds": len(matrices.seeds[method]),
             }
@@ -139,6 +181,8 @@ def aggregate(
                 row[metric] = float(point[i])
                 row[f"{metric}_low"] = float(ci[0, i])
                 row[f"{metric}_high"] = float(ci[1, i])
+            if protocol_class(protocol).score_parts:
+                row["parts"] = score_parts(records, split, protocol, method)
             block.append(row)
         rows += sorted(block, key=lambda r: (-r["iqm"], r["method"]))
     return rows

@@ -1,8 +1,12 @@
 """Leaderboard files from results records: tables (Markdown, CSV, LaTeX, a static HTML page) and PNG figures.
 
 Everything is computed from the records alone with a fixed bootstrap seed, so the same results give the same
-files. Tables are formatted by pure functions (`markdown_table`, `latex_table`, `csv_rows`); only
-`write_leaderboard` touches the disk.
+files. Tables are formatted by pure functions (`markdown_table`, `latex_table`, `csv_rows`, `parts_table`);
+only `write_leaderboard` touches the disk.
+
+Protocols scored on a scale of their own (`Protocol.score_scale`, e.g. the probe's F1) get tables of their
+own per scale, aggregated raw, and a protocol declaring sub-scores (`Protocol.score_parts`, e.g. the probe's
+categories) a table of their means per method beside; both read only the registry's declarations.
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ from atari_pb.eval.aggregate import (
 )
 from atari_pb.eval.records import ResultRecord
 from atari_pb.eval.scores import (
+    NORMALIZATIONS,
     dqn_normalized,
     has_human_scores,
     human_normalized,
+    is_raw,
     score_matrices,
 )
+from atari_pb.finetune.base import protocol_class
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +79,8 @@ SCORES_COLUMNS = (
     "human_normalized",
 )
 SPLIT_TITLES = {"id": "ID", "near_ood": "Near-OOD", "far_ood": "Far-OOD"}
-SCALE_TITLES = {"dqn": "DQN-normalised", "human": "Human-normalised"}
+SCALE_TITLES = {"dqn": "DQN-normalised", "human": "Human-normalised", "f1": "F1"}
+PARTS_COLUMNS = ("method", "protocol", "split", "n_games", "n_seeds", "mean")  # then the protocol's parts
 _PAIR_SEPARATOR = "\x1f"  # joins a pair's names for rliable's plot; cannot occur in a method's folder name
 _HEADERS = ("Method", "Protocol", "Split", "Games", "Seeds", *(METRIC_TITLES[m] for m in METRICS))
 
@@ -94,12 +102,82 @@ def _cells(row: dict[str, Any]) -> list[str]:
     ]
 
 
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A GitHub-flavoured Markdown table of aggregate rows (estimates with 95% CIs in brackets)."""
+def scale_title(scale: str) -> str:
+    return SCALE_TITLES.get(scale, scale)
+
+
+def axis_label(scale: str) -> str:
+    """'DQN-normalised score', or a raw scale's title ('F1')."""
+    return f"{scale_title(scale)} score" if scale in NORMALIZATIONS else scale_title(scale)
+
+
+def _markdown_grid(headers: Sequence[str], body: Sequence[Sequence[str]], left: int) -> str:
     escape = str.maketrans({"|": r"\|"})
-    lines = ["| " + " | ".join(_HEADERS) + " |", "|" + "---|" * 3 + "---:|" * (len(_HEADERS) - 3)]
-    lines += ["| " + " | ".join(c.translate(escape) for c in _cells(r)) + " |" for r in rows]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * left + "---:|" * (len(headers) - left)]
+    lines += ["| " + " | ".join(c.translate(escape) for c in cells) + " |" for cells in body]
     return "\n".join(lines) + "\n"
+
+
+def by_scale(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows grouped by their scale (`normalization`), in order of first appearance."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        out.setdefault(row["normalization"], []).append(row)
+    return out
+
+
+def parts_columns(rows: Sequence[dict[str, Any]], protocol: str) -> list[str]:
+    """The sub-scores any of the protocol's rows has, in the protocol's declared order."""
+    have = {name for r in rows if r["protocol"] == protocol for name in r.get("parts", {})}
+    return [name for name in protocol_class(protocol).score_parts if name in have]
+
+
+def parts_table(rows: Sequence[dict[str, Any]], protocol: str) -> tuple[list[str], list[list[str]]]:
+    """(header, cells) of the mean of each sub-score per method of `protocol` (blank where a method's
+    games have none of it), after the method's mean score."""
+    names = parts_columns(rows, protocol)
+    body = [
+        [
+            r["method"],
+            r["protocol"],
+            r["split"],
+            str(r["n_games"]),
+            str(r["n_seeds"]),
+            f"{r['mean']:.3f}",
+            *(f"{r['parts'][n]:.3f}" if n in r["parts"] else "" for n in names),
+        ]
+        for r in rows
+        if r["protocol"] == protocol
+    ]
+    return ["Method", "Protocol", "Split", "Games", "Seeds", "Mean", *names], body
+
+
+def _parts_protocols(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(r["protocol"] for r in rows if "parts" in r))
+
+
+def _parts_caption(protocol: str, scale: str) -> str:
+    return f"{protocol}: mean {scale_title(scale)} per {protocol_class(protocol).score_parts_title}"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A GitHub-flavoured Markdown table of aggregate rows (estimates with 95% CIs in brackets). Rows on a
+    protocol's own scale (see the module docstring) follow in a titled table per scale, with the table of
+    their sub-scores."""
+    groups = by_scale(rows)
+    game = [r for scale, group in groups.items() if scale in NORMALIZATIONS for r in group]
+    parts = [_markdown_grid(_HEADERS, [_cells(r) for r in game], 3)] if game or not rows else []
+    for scale, group in groups.items():
+        if scale in NORMALIZATIONS:
+            continue
+        parts.append(
+            f"{scale_title(scale)} (raw, not normalised):\n\n"
+            + _markdown_grid(_HEADERS, [_cells(r) for r in group], 3)
+        )
+        for protocol in _parts_protocols(group):
+            header, body = parts_table(group, protocol)
+            parts.append(f"{_parts_caption(protocol, scale)}:\n\n" + _markdown_grid(header, body, 3))
+    return "\n".join(parts)
 
 
 _LATEX_SPECIAL = {
@@ -128,7 +206,7 @@ def latex_table(rows: Sequence[dict[str, Any]], normalization: str = "dqn") -> s
         return f"{row[metric]:.3f} {{\\scriptsize [{low:.3f}, {high:.3f}]}}"
 
     lines = [
-        f"% Atari-PB leaderboard, {SCALE_TITLES[normalization]} scores: "
+        f"% Atari-PB leaderboard, {scale_title(normalization)} scores: "
         f"point estimate [{CONFIDENCE:.0%} stratified-bootstrap CI]",
         "\\begin{tabular}{lllrr" + "l" * len(METRICS) + "}",
         "\\hline",
@@ -174,7 +252,8 @@ def score_rows(records: Sequence[ResultRecord]) -> list[dict[str, Any]]:
     """Every run's raw and normalised score, for checking a table against the runs behind it."""
     out = []
     for r in sorted(records, key=lambda r: (r.split, r.protocol, r.method, r.game, r.seed)):
-        human = human_normalized(r.game, r.score)
+        raw = is_raw(r.protocol)  # a scale of its own: no game normalisation
+        human = None if raw else human_normalized(r.game, r.score)
         out.append(
             {
                 "method": r.method,
@@ -183,11 +262,22 @@ def score_rows(records: Sequence[ResultRecord]) -> list[dict[str, Any]]:
                 "game": r.game,
                 "seed": r.seed,
                 "score": r.score,
-                "dqn_normalized": dqn_normalized(r.game, r.score),
+                "dqn_normalized": "" if raw else dqn_normalized(r.game, r.score),
                 "human_normalized": "" if human is None else human,
             }
         )
     return out
+
+
+def parts_csv_rows(rows: Sequence[dict[str, Any]], protocol: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """(columns, rows) of `parts_<protocol>.csv`: PARTS_COLUMNS then each sub-score's mean."""
+    names = parts_columns(rows, protocol)
+    out = [
+        {**{k: r[k] for k in PARTS_COLUMNS}, **{n: r["parts"].get(n, "") for n in names}}
+        for r in rows
+        if r["protocol"] == protocol
+    ]
+    return [*PARTS_COLUMNS, *names], out
 
 
 # ---------------------------------------------------------------- figures
@@ -283,12 +373,28 @@ def plot_improvement_figure(
 
 
 # ---------------------------------------------------------------- HTML (pure)
-def _html_table(rows: Sequence[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in _HEADERS)
-    body = "\n".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>" for r in rows
+def _html_grid(headers: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    lines = "\n".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body
     )
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{lines}\n</tbody>\n</table>"
+
+
+def _html_table(rows: Sequence[dict[str, Any]]) -> str:
+    return _html_grid(_HEADERS, [_cells(r) for r in rows])
+
+
+def _html_raw(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The tables of the protocols on a scale of their own: per scale, the aggregates then the sub-scores."""
+    parts = []
+    for scale, group in by_scale(rows).items():
+        parts.append(f"<h3>{html.escape(scale_title(scale))} (raw, not normalised)</h3>")
+        parts.append(_html_table(group))
+        for protocol in _parts_protocols(group):
+            parts.append(f"<h3>{html.escape(_parts_caption(protocol, scale))}</h3>")
+            parts.append(_html_grid(*parts_table(group, protocol)))
+    return parts
 
 
 _STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -309,17 +415,20 @@ def html_page(sections: Sequence[dict[str, Any]], reps: int, seed: int, n_record
         f"confidence interval], {reps} bootstrap replications, seed {seed} (rliable). IQM is the 25% trimmed "
         "mean over all runs x games; the optimality gap is how far runs fall short of 1 (the reference). "
         "DQN-normalised: 0 = the worse and 1 = the better of the random and reference agents (DQN 50M for "
-        "ID and Near-OOD games, Rainbow 2M for Far-OOD). Human-normalised: 0 = random, 1 = human. Per-run "
+        "ID and Near-OOD games, Rainbow 2M for Far-OOD). Human-normalised: 0 = random, 1 = human. Protocols "
+        "scored on a scale of their own (F1) are aggregated raw in tables of their own. Per-run "
         'scores: <a href="scores.csv">scores.csv</a>; tables: <a href="leaderboard.csv">CSV</a>, '
         '<a href="leaderboard.md">Markdown</a>, <a href="leaderboard.tex">LaTeX</a>.</p>',
     ]
     for sec in sections:
         parts.append(f"<h2>{html.escape(SPLIT_TITLES[sec['split']])}</h2>")
-        parts.append(f"<h3>{SCALE_TITLES['dqn']}</h3>")
-        parts.append(_html_table(sec["dqn"]))
+        if sec["dqn"]:
+            parts.append(f"<h3>{SCALE_TITLES['dqn']}</h3>")
+            parts.append(_html_table(sec["dqn"]))
         if sec["human"]:
             parts.append(f"<h3>{SCALE_TITLES['human']}</h3>")
             parts.append(_html_table(sec["human"]))
+        parts += _html_raw(sec.get("raw", []))
         for protocol, figures in sec["figures"].items():
             parts.append(f"<h3>Figures: {html.escape(protocol)}</h3>")
             for name, caption in figures:
@@ -350,15 +459,15 @@ def _protocol_figures(
     reps: int,
     seed: int,
 ) -> list[tuple[Path, str]]:
-    """The figures of one (split, protocol): (file, caption) pairs."""
+    """The figures of one (split, protocol): (file, caption) pairs. `dqn_rows`: the protocol's rows on the
+    DQN-normalised scale, or on its own scale."""
     title = f"{SPLIT_TITLES[split]}, {protocol}"
     rows = [r for r in dqn_rows if r["protocol"] == protocol]
+    scale = rows[0]["normalization"]
     figures = [
         (
-            plot_interval_figure(
-                rows, out / f"interval_estimates_{split}_{protocol}.png", "DQN-normalised score"
-            ),
-            f"{title}: aggregates with 95% CIs (DQN-normalised)",
+            plot_interval_figure(rows, out / f"interval_estimates_{split}_{protocol}.png", axis_label(scale)),
+            f"{title}: aggregates with 95% CIs ({scale_title(scale)})",
         )
     ]
     hrows = [r for r in human_rows if r["protocol"] == protocol]
@@ -377,7 +486,7 @@ def _protocol_figures(
     path = out / f"performance_profile_{split}_{protocol}.png"
     figures.append(
         (
-            plot_profile_figure(profiles, path, "DQN-normalised score", title),
+            plot_profile_figure(profiles, path, axis_label(scale), title),
             f"{title}: performance profiles (fraction of runs above tau)",
         )
     )
@@ -399,16 +508,53 @@ def _markdown_page(sections: list[dict[str, Any]], reps: int, seed: int) -> str:
         f"Point estimate [{CONFIDENCE:.0%} stratified-bootstrap CI], {reps} bootstrap replications, seed {seed}."
     )
     for sec in sections:
-        md += ["", f"## {SPLIT_TITLES[sec['split']]}", "", f"### {SCALE_TITLES['dqn']}", ""]
-        md.append(markdown_table(sec["dqn"]))
+        md += ["", f"## {SPLIT_TITLES[sec['split']]}", ""]
+        if sec["dqn"]:
+            md += [f"### {SCALE_TITLES['dqn']}", "", markdown_table(sec["dqn"])]
         if sec["human"]:
             md += [f"### {SCALE_TITLES['human']}", "", markdown_table(sec["human"])]
+        for scale, group in by_scale(sec.get("raw", [])).items():
+            md += [
+                f"### {scale_title(scale)} (raw, not normalised)",
+                "",
+                _markdown_grid(_HEADERS, [_cells(r) for r in group], 3),
+            ]
+            for protocol in _parts_protocols(group):
+                header, body = parts_table(group, protocol)
+                md += [f"#### {_parts_caption(protocol, scale)}", "", _markdown_grid(header, body, 3)]
         for protocol, figures in sec["figures"].items():
             md.append(
                 f"Figures ({protocol}): " + ", ".join(f"[{caption}]({name})" for name, caption in figures)
             )
             md.append("")
     return "\n".join(md).rstrip() + "\n"
+
+
+def _split_rows(
+    records: Sequence[ResultRecord], split: str, reps: int, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(DQN-normalised, human-normalised, own-scale) aggregate rows of one split."""
+    protocols = protocols_with_results(records, split)
+    game = [p for p in protocols if not is_raw(p)]
+    raw = [p for p in protocols if is_raw(p)]
+    dqn_rows = aggregate(records, split, "dqn", reps, seed, game) if game else []
+    human = game and has_human_scores(split)
+    human_rows = aggregate(records, split, "human", reps, seed, game) if human else []
+    raw_rows = aggregate(records, split, "dqn", reps, seed, raw) if raw else []  # on their own scales
+    return dqn_rows, human_rows, raw_rows
+
+
+def _raw_files(out: Path, rows: Sequence[dict[str, Any]]) -> list[Path]:
+    """leaderboard_<scale>.{csv,tex} per own scale and parts_<protocol>.csv per protocol with sub-scores."""
+    written = []
+    for scale, group in by_scale(rows).items():
+        line = [{k: r[k] for k in (*CSV_COLUMNS, *_CI_EXTRAS)} for r in group]
+        written.append(_write(out / f"leaderboard_{scale}.csv", _csv_text((*CSV_COLUMNS, *_CI_EXTRAS), line)))
+        written.append(_write(out / f"leaderboard_{scale}.tex", latex_table(group, scale)))
+    for protocol in _parts_protocols(rows):
+        columns, lines = parts_csv_rows(rows, protocol)
+        written.append(_write(out / f"parts_{protocol}.csv", _csv_text(columns, lines)))
+    return written
 
 
 def write_leaderboard(
@@ -419,7 +565,8 @@ def write_leaderboard(
     Files: leaderboard.{md,csv,tex}, leaderboard_human.tex, scores.csv, index.html and per (split, protocol)
     interval_estimates_<split>_<protocol>.png (+ _human.png where human scores exist),
     performance_profile_<split>_<protocol>.png and, with two or more methods,
-    probability_of_improvement_<split>_<protocol>.png.
+    probability_of_improvement_<split>_<protocol>.png. With protocols on a scale of their own, also
+    leaderboard_<scale>.{csv,tex} and, for those with sub-scores, parts_<protocol>.csv (every split).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -427,23 +574,28 @@ def write_leaderboard(
     sections = []
     all_dqn: list[dict[str, Any]] = []
     all_human: list[dict[str, Any]] = []
+    all_raw: list[dict[str, Any]] = []
     for split in splits_with_results(records):
-        dqn_rows = aggregate(records, split, "dqn", reps, seed)
-        human_rows = aggregate(records, split, "human", reps, seed) if has_human_scores(split) else []
+        dqn_rows, human_rows, raw_rows = _split_rows(records, split, reps, seed)
         all_dqn += dqn_rows
         all_human += human_rows
+        all_raw += raw_rows
         figures: dict[str, list[tuple[str, str]]] = {}
         for protocol in protocols_with_results(records, split):
-            made = _protocol_figures(records, split, protocol, dqn_rows, human_rows, out, reps, seed)
+            rows = raw_rows if is_raw(protocol) else dqn_rows
+            made = _protocol_figures(records, split, protocol, rows, human_rows, out, reps, seed)
             written += [path for path, _ in made]
             figures[protocol] = [(path.name, caption) for path, caption in made]
-        sections.append({"split": split, "dqn": dqn_rows, "human": human_rows, "figures": figures})
+        sections.append(
+            {"split": split, "dqn": dqn_rows, "human": human_rows, "raw": raw_rows, "figures": figures}
+        )
 
     csv = _csv_text((*CSV_COLUMNS, *CSV_EXTRA_COLUMNS), csv_rows(all_dqn, all_human))
     written.append(_write(out / "leaderboard.csv", csv))
     written.append(_write(out / "scores.csv", _csv_text(SCORES_COLUMNS, score_rows(records))))
     written.append(_write(out / "leaderboard.tex", latex_table(all_dqn, "dqn")))
     written.append(_write(out / "leaderboard_human.tex", latex_table(all_human, "human")))
+    written += _raw_files(out, all_raw)
     written.append(_write(out / "leaderboard.md", _markdown_page(sections, reps, seed)))
     written.append(_write(out / "index.html", html_page(sections, reps, seed, len(records))))
     log.debug("leaderboard: %d files in %s", len(written), out)

@@ -26,7 +26,9 @@ class ResultRecord:
     split: str  # id | near_ood | far_ood
     game: str
     seed: int
-    score: float  # raw game score: mean over the evaluation episodes
+    # raw game score: mean over the evaluation episodes; a self-scoring protocol's own score on its own scale
+    # (`Protocol.score_scale`: the probe's mean test F1), with no episodes
+    score: float
     episodes: int = 0  # evaluation episodes behind `score`
     gradient_steps: int = 0  # optimiser steps of fine-tuning
     env_steps: int = 0  # agent steps in the environment while fine-tuning (0 for offline protocols)

@@ -12,6 +12,10 @@ Human-normalised, as released: (score - random) / (human - random + 1e-6); None 
 where the game has no human score (Far-OOD: the released 1e8 placeholder is not a score), and asking for a
 human-normalised matrix of such games is an error.
 
+Raw scales: a protocol that scores itself on a fixed scale of its own (`Protocol.score_scale` other than
+"game", read through the registry: the probe's "f1", in [0, 1]) is aggregated raw, whatever normalization is
+asked for; its matrices and rows say its scale in `normalization`.
+
 Completeness policy of `score_matrix` / `score_matrices` (nothing is dropped silently, every gap is an error
 naming the missing record files):
 - one (method, protocol, split) must have the same seeds on every game it has: a runs x games matrix has no
@@ -121,12 +125,26 @@ def _seed(record: ResultRecord) -> int:
     return record.seed
 
 
-def _check_split(split: str, normalization: str) -> None:
+def score_scale(protocol: str) -> str:
+    """The protocol's score scale, from the registry: "game" (normalised here) or its own raw scale."""
+    from atari_pb.finetune.base import protocol_class
+
+    return protocol_class(protocol).score_scale
+
+
+def is_raw(protocol: str) -> bool:
+    """Whether the protocol's scores are aggregated raw (a scale of its own, not game points)."""
+    from atari_pb.finetune.base import GAME_SCALE
+
+    return score_scale(protocol) != GAME_SCALE
+
+
+def _check_split(split: str, normalization: str, raw: bool = False) -> None:
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     if normalization not in NORMALIZATIONS:
         raise UsageError(f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
-    if normalization == "human" and not has_human_scores(split):
+    if normalization == "human" and not raw and not has_human_scores(split):
         raise UsageError(f"split {split} has no human scores; use the dqn normalization")
 
 
@@ -143,13 +161,15 @@ def score_matrix(
     normalization: str = "dqn",
     games: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, list[str], list[int]]:
-    """Normalised scores of one (method, protocol, split) as rliable's (n_seeds, n_games) matrix.
+    """Normalised scores of one (method, protocol, split) as rliable's (n_seeds, n_games) matrix (raw ones
+    for a protocol with a scale of its own, see the module docstring).
 
     Columns follow the game table's order (or `games`, which the method must then cover exactly, as
     `score_matrices` asks for); rows are the seeds in ascending order. A hole (a seed missing on some
     game, a game of `games` missing) is a DataError naming the missing record files.
     """
-    _check_split(split, normalization)
+    raw_scale = is_raw(protocol)
+    _check_split(split, normalization, raw_scale)
     cells: dict[tuple[str, int], float] = {}
     for r in records:
         if r.method == method and r.protocol == protocol and r.split == split:
@@ -186,6 +206,8 @@ def score_matrix(
     if missing:
         raise _missing_error(what, missing, "every game needs the same seeds")
     raw = np.array([[cells[(game, seed)] for game in columns] for seed in seeds], dtype=np.float64)
+    if raw_scale:
+        return raw, columns, seeds
     return normalize_array(columns, raw, normalization), columns, seeds
 
 
@@ -195,7 +217,7 @@ class ScoreMatrices:
 
     split: str
     protocol: str
-    normalization: str
+    normalization: str  # dqn | human, or the protocol's own scale when it has one (e.g. f1)
     games: list[str]
     scores: dict[str, np.ndarray]  # method -> (n_seeds, n_games), methods in sorted order
     seeds: dict[str, list[int]]
@@ -205,7 +227,7 @@ def score_matrices(
     records: Iterable[ResultRecord], split: str, protocol: str, normalization: str = "dqn"
 ) -> ScoreMatrices:
     """Matrices of every method with results for (protocol, split); DataError if their games differ."""
-    _check_split(split, normalization)
+    _check_split(split, normalization, is_raw(protocol))
     chosen = [r for r in records if r.split == split and r.protocol == protocol]
     if not chosen:
         raise DataError(f"no results records for protocol {protocol} on split {split}")
@@ -214,4 +236,5 @@ def score_matrices(
     seeds: dict[str, list[int]] = {}
     for method in sorted({r.method for r in chosen}):
         scores[method], _, seeds[method] = score_matrix(chosen, method, protocol, split, normalization, games)
-    return ScoreMatrices(split, protocol, normalization, games, scores, seeds)
+    scale = score_scale(protocol) if is_raw(protocol) else normalization
+    return ScoreMatrices(split, protocol, scale, games, scores, seeds)

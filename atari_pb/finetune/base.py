@@ -8,6 +8,20 @@ A protocol (offline BC, Rainbow, ...) is a class registered under its name with
   - what the sweep must check before any job runs: `needs_data` (a shard directory), `env_frames(cfg)`
     (the frame stacks it plays, which the encoder must take), `check(cfg)`;
   - optionally `can_save_agent` and `save_agent(result, game, path)`.
+How a protocol is scored and which requests it takes are declarations the sweep and eval read:
+  - `rollouts`: True (default): the sweep plays `result.agent` in the split's evaluation env (eval/<split>.yaml)
+    and the record's score is the mean episode return; False: the protocol scores itself (the probe: mean F1
+    on its test split) and returns that in `FinetuneResult.score`; the record then has 0 episodes;
+  - `score_scale`: "game" (default): raw game scores, which eval normalises (DQN / human); any other name is
+    the protocol's own fixed scale (the probe's "f1", in [0, 1]), aggregated raw and tabulated apart;
+  - `score_parts` / `score_parts_title`: sub-scores every record holds in `config["score_parts"]` (the probe's
+    categories), which eval and the leaderboard tabulate per method;
+  - `baselines`: baselines beyond `random` and `e2e` that `--encoder` may name for this protocol (the probe's
+    `pixels`); `FinetuneTask.baseline` tells `train` which one it runs;
+  - `select_games(cfg, split, games, explicit)`: the games it runs out of the requested ones (the probe: the
+    annotated ones; an explicitly requested game it cannot run is an error);
+  - `check_data(cfg, data, games)`: for `needs_data` protocols, the data checked before any job, returning
+    the frames per stack of its observations (None: not known), which the encoder must take.
 The sweep (finetune/run.py) knows no protocol by name: adding one is a module here and a YAML in finetune/.
 """
 
@@ -25,6 +39,7 @@ from atari_pb.games import Game
 from atari_pb.models.encoder import Encoder
 
 PROTOCOLS: dict[str, type[Protocol]] = {}
+GAME_SCALE = "game"  # Protocol.score_scale of protocols scored in game points
 
 P = TypeVar("P", bound="type[Protocol]")
 
@@ -37,18 +52,22 @@ class FinetuneTask:
     encoder: Encoder  # only read: the agent copies its backbone
     seed: int
     train_backbone: bool = False  # the `e2e` baseline
-    data: Path | None = None  # offline protocols: the shard directory of the game's logged data
+    data: Path | None = None  # protocols with `needs_data`: their data directory (shards, probe data)
     progress: bool = True
     sections: Sections = field(default=NO_TIMING)  # timing hook for bench/
+    baseline: str = ""  # the baseline the encoder stands for: random, e2e or one of Protocol.baselines
 
 
 @dataclass
 class FinetuneResult:
-    agent: Any  # `agent.act(uint8 (B, F, 84, 84))` -> greedy actions (B,), for evaluation rollouts
+    # rollout protocols: `agent.act(uint8 (B, F, 84, 84))` -> greedy actions (B,), for evaluation rollouts;
+    # self-scoring ones: the trained model, if any, for inspection (the probe's has a `backbone` too)
+    agent: Any
     gradient_steps: int
     env_steps: int  # agent steps in the environment while training (0 for offline protocols)
     seconds: float
     summary: dict[str, Any] = field(default_factory=dict)  # protocol-specific figures for the record
+    score: float | None = None  # self-scoring protocols (`rollouts = False`): the run's score; else None
 
 
 class Protocol:
@@ -56,10 +75,26 @@ class Protocol:
     Config: ClassVar[type]
     needs_data: ClassVar[bool] = False
     can_save_agent: ClassVar[bool] = False
+    rollouts: ClassVar[bool] = True
+    score_scale: ClassVar[str] = GAME_SCALE
+    score_parts: ClassVar[tuple[str, ...]] = ()
+    score_parts_title: ClassVar[str] = "part"
+    baselines: ClassVar[tuple[str, ...]] = ()
 
     @staticmethod
     def check(cfg: Any) -> None:
         """Refuse a configuration that cannot run (a UsageError naming the key)."""
+
+    @staticmethod
+    def select_games(cfg: Any, split: str, games: Sequence[str], explicit: bool) -> list[str]:
+        """The games to run out of `games` (the split's, or the requested ones when `explicit`)."""
+        return list(games)
+
+    @staticmethod
+    def check_data(cfg: Any, data: Path, games: Sequence[str]) -> int | None:
+        """`needs_data` protocols: check `data` for `games` before any job (a UsageError for a wrong request,
+        a DataError for bad data); the frames per stack of its observations, None when it does not say."""
+        return None
 
     @staticmethod
     def env_frames(cfg: Any) -> int | None:

@@ -1,8 +1,10 @@
 """`atari-pb finetune`: fine-tune an encoder on every (game, seed) of a split, evaluate, write records.
 
-    encoder (an exported file, or a baseline: `random` = frozen random backbone, `e2e` = backbone trained)
+    encoder (an exported file, or a baseline: `random` = frozen random backbone, `e2e` = backbone trained,
+             or one a protocol declares in `Protocol.baselines`)
       -> the protocol's `train` (a registered module: offline_bc, rainbow, ...; finetune/base.py)
-      -> evaluation rollouts (eval/<split>.yaml: episodes, parallel envs, epsilon 0.001)
+      -> evaluation rollouts (eval/<split>.yaml: episodes, parallel envs, epsilon 0.001), or the protocol's
+         own score for protocols with `rollouts = False`
       -> RESULTS/<method>/<protocol>/<game>/seed<k>.json
 
 A finished record is never recomputed, so a sweep that was stopped continues where it was, and a whole
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import os
 from collections.abc import Sequence
@@ -26,13 +29,20 @@ import torch
 from atari_pb.errors import AtariPBError, UsageError
 from atari_pb.eval.protocol import load_eval_config
 from atari_pb.eval.records import ResultRecord, record_path, write_record
-from atari_pb.finetune.base import FinetuneTask, load_protocol_config, protocol_class
+from atari_pb.finetune.base import (
+    FinetuneResult,
+    FinetuneTask,
+    Protocol,
+    load_protocol_config,
+    protocol_class,
+    protocol_names,
+)
 from atari_pb.games import get_game
 from atari_pb.models.encoder import Encoder, ModelConfig, config_path, load_encoder
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("random", "e2e")
+BASELINES = ("random", "e2e")  # every protocol's; a protocol adds its own in `Protocol.baselines`
 
 
 @dataclass(frozen=True)
@@ -45,15 +55,33 @@ class Job:
     game: str
     seed: int
     results: str
-    data: str | None  # shard directory (offline protocols)
+    data: str | None  # the protocol's data directory (`needs_data`: shards, probe data)
     overrides: tuple[str, ...]
     eval_overrides: tuple[str, ...]
     save_agent: bool = False  # keep the trained agent (for `collect --policy eps-greedy:`)
 
 
-def method_name(encoder: str) -> str:
-    """A baseline's own name; for an exported encoder, the objective it was pre-trained with."""
-    if encoder in BASELINES:
+def baselines(protocol: str) -> tuple[str, ...]:
+    """The baselines `--encoder` may name with `protocol`: random, e2e and the protocol's own."""
+    return (*BASELINES, *protocol_class(protocol).baselines)
+
+
+def check_baseline(protocol: str, encoder: str) -> None:
+    """A baseline that another protocol declares is refused with the protocols that take it."""
+    if encoder in baselines(protocol):
+        return
+    owners = [name for name in protocol_names() if encoder in protocol_class(name).baselines]
+    if owners:
+        raise UsageError(
+            f"--encoder {encoder}: a baseline of the {', '.join(owners)} protocol only, not of {protocol} "
+            f"(its baselines: {', '.join(baselines(protocol))})"
+        )
+
+
+def method_name(encoder: str, names: Sequence[str] = BASELINES) -> str:
+    """A baseline's own name (`names`: the baselines of the protocol); for an exported encoder, the
+    objective it was pre-trained with."""
+    if encoder in names:
         return encoder
     path = Path(encoder)
     try:
@@ -69,31 +97,23 @@ def agent_path(results: Path, method: str, protocol: str, game: str, seed: int) 
 
 
 def build_encoder(job: Job) -> tuple[Encoder, str, bool]:
-    """(encoder, SHA-256 of its file or "", train the backbone?)."""
-    if job.encoder in BASELINES:
+    """(encoder, SHA-256 of its file or "", train the backbone?). A baseline gets a freshly initialised
+    encoder of `job.preset` (a protocol's own baseline decides in `train` what it uses of it)."""
+    check_baseline(job.protocol, job.encoder)
+    if job.encoder in baselines(job.protocol):
         torch.manual_seed(job.seed)
         return Encoder(ModelConfig(preset=job.preset)), "", job.encoder == "e2e"
     digest = hashlib.sha256(Path(job.encoder).read_bytes()).hexdigest()
     return load_encoder(job.encoder), digest, False
 
 
-def run_job(job: Job) -> Path:
-    """Fine-tune, evaluate and write one record; returns its path."""
+def rollout_score(result: FinetuneResult, job: Job, ev) -> tuple[float, list[float]]:
+    """(mean return, every episode's return) of the trained agent in the split's evaluation env."""
     from atari_pb.eval.rollout import evaluate
 
-    game = get_game(job.game)
-    protocol = protocol_class(job.protocol)
-    cfg = load_protocol_config(job.protocol, job.overrides)
-    ev = load_eval_config(job.split, job.eval_overrides)
-    encoder, digest, train_backbone = build_encoder(job)
-    task = FinetuneTask(game, encoder, job.seed, train_backbone, Path(job.data) if job.data else None)
-    result = protocol.train(cfg, task)
-    if job.save_agent:
-        path = agent_path(Path(job.results), job.method, job.protocol, game.name, job.seed)
-        log.info("saved the trained agent to %s", protocol.save_agent(result, game, path))
     scores = evaluate(
         result.agent.act,
-        game,
+        get_game(job.game),
         episodes=ev.episodes,
         num_envs=ev.num_envs,
         epsilon=ev.epsilon,
@@ -101,9 +121,36 @@ def run_job(job: Job) -> Path:
         env=ev.env,
         device=next(result.agent.parameters()).device,
     )
+    return float(scores.mean), [float(s) for s in scores.scores]
+
+
+def score_result(protocol: type[Protocol], result: FinetuneResult, job: Job, ev) -> tuple[float, list[float]]:
+    """(score, episode scores): rollouts, or the protocol's own score (no episodes)."""
+    if protocol.rollouts:
+        return rollout_score(result, job, ev)
+    if result.score is None or not math.isfinite(result.score):
+        raise AtariPBError(f"the {protocol.name} protocol scores itself but gave score {result.score!r}")
+    return float(result.score), []
+
+
+def run_job(job: Job) -> Path:
+    """Fine-tune, evaluate and write one record; returns its path."""
+    game = get_game(job.game)
+    protocol = protocol_class(job.protocol)
+    cfg = load_protocol_config(job.protocol, job.overrides)
+    ev = load_eval_config(job.split, job.eval_overrides)
+    encoder, digest, train_backbone = build_encoder(job)
+    baseline = job.encoder if job.encoder in baselines(job.protocol) else ""
+    data = Path(job.data) if job.data else None
+    task = FinetuneTask(game, encoder, job.seed, train_backbone, data, baseline=baseline)
+    result = protocol.train(cfg, task)
+    if job.save_agent:
+        path = agent_path(Path(job.results), job.method, job.protocol, game.name, job.seed)
+        log.info("saved the trained agent to %s", protocol.save_agent(result, game, path))
+    score, episode_scores = score_result(protocol, result, job, ev)
     config = {
         "protocol": asdict(cfg),
-        "eval": asdict(ev),
+        **({"eval": asdict(ev)} if protocol.rollouts else {}),
         "encoder": job.encoder,
         "preset": job.preset,
         "train_backbone": train_backbone,
@@ -116,17 +163,17 @@ def run_job(job: Job) -> Path:
         split=job.split,
         game=game.name,
         seed=job.seed,
-        score=float(scores.mean),
-        episodes=len(scores.scores),
+        score=score,
+        episodes=len(episode_scores),
         gradient_steps=int(result.gradient_steps),
         env_steps=int(result.env_steps),
         encoder_sha256=digest,
         config=json.loads(json.dumps(config, default=str)),
-        episode_scores=[float(s) for s in scores.scores],
+        episode_scores=episode_scores,
     )
     path = write_record(Path(job.results), record)
     log.info(
-        "%s %s %s seed %d: score %.1f over %d episodes -> %s",
+        "%s %s %s seed %d: score %.3f over %d episodes -> %s",
         job.method,
         job.protocol,
         game.name,
@@ -136,6 +183,20 @@ def run_job(job: Job) -> Path:
         path,
     )
     return path
+
+
+def check_frames(encoder: str, protocol: type[Protocol], cfg, ev, data_frames: int | None) -> None:
+    """The encoder must take the frame stacks of everything it will see: the protocol's env, the evaluation
+    env (rollout protocols) and the protocol's data (when it says)."""
+    frames = load_encoder(encoder).cfg.frames  # a missing, corrupt or misshapen file fails here
+    wanted = {
+        "the protocol stacks {} (env.frames)": protocol.env_frames(cfg),
+        "the evaluation env stacks {} (eval.env.frames)": ev.env.frames if protocol.rollouts else None,
+        f"the {protocol.name} data holds {{}}-frame stacks": data_frames,
+    }
+    for source, n in wanted.items():
+        if n is not None and n != frames:
+            raise UsageError(f"encoder {encoder} takes {frames}-frame stacks; {source.format(n)}")
 
 
 def plan(
@@ -154,27 +215,25 @@ def plan(
 ) -> list[Job]:
     """Every (game, seed) job, checked before anything runs."""
     spec = protocol_class(protocol)  # an unknown name fails with the valid ones
+    check_baseline(protocol, encoder)
     if spec.needs_data:
         if data is None:
-            raise UsageError(f"{protocol} needs --data: the shard directory of the games' offline data")
+            raise UsageError(f"{protocol} needs --data: the directory of the games' {protocol} data")
         if not Path(data).is_dir():
-            raise UsageError(f"shard directory {data} does not exist")
+            raise UsageError(f"data directory {data} does not exist")
     if save_agent and not spec.can_save_agent:
         raise UsageError(f"--save-agent: the {protocol} protocol cannot save its agents")
     if results.exists() and not results.is_dir():
         raise UsageError(f"results {results} is a file; it must be a directory")
     ev = load_eval_config(split, [*eval_overrides, *([f"games=[{','.join(games)}]"] if games else [])])
     cfg = load_protocol_config(protocol, overrides)  # unknown keys and bad values fail now
-    if encoder not in BASELINES:
-        frames = load_encoder(encoder).cfg.frames  # a missing, corrupt or misshapen file fails here
-        wanted = {ev.env.frames, spec.env_frames(cfg)} - {None}
-        if wanted != {frames}:
-            raise UsageError(
-                f"encoder {encoder} takes {frames}-frame stacks; the protocol stacks {max(wanted)} (env.frames)"
-            )
+    chosen = spec.select_games(cfg, split, ev.games, bool(games))
+    data_frames = spec.check_data(cfg, Path(data), chosen) if spec.needs_data else None
+    if encoder not in baselines(protocol):
+        check_frames(encoder, spec, cfg, ev, data_frames)
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise UsageError(f"seeds {list(seeds)}: must be distinct integers >= 0")
-    name = method or method_name(encoder)
+    name = method or method_name(encoder, baselines(protocol))
     return [
         Job(
             protocol,
@@ -190,7 +249,7 @@ def plan(
             tuple(eval_overrides),
             save_agent,
         )
-        for game in ev.games
+        for game in chosen
         for seed in seeds
     ]
 
