@@ -42,7 +42,6 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 from tqdm import tqdm
 
@@ -50,22 +49,18 @@ from atari_pb.data.download import RECORD_NAME, read_used_ckpts
 from atari_pb.data.manifest import (
     MANIFEST_NAME,
     ShardEntry,
-    fsync_dir,
     read_manifest,
     sha256_file,
     write_manifest,
 )
 from atari_pb.data.replay_format import (
     ALL_FIELDS,
-    FRAME_BYTES,
-    FRAME_SHAPE,
     LAYOUTS,
     META_FIELDS,
     RELEASED_LAYOUT,
     STORE_FIELDS,
     open_released_array,
     open_store_array,
-    read_items_into,
     read_released_prefix,
     read_small_array,
     relative_released_file,
@@ -79,6 +74,7 @@ from atari_pb.data.shard import (
     ShardJob,
     build_shard,
     shard_problems,
+    write_shard,
 )
 from atari_pb.envs.atari import num_actions
 from atari_pb.errors import AtariPBError, DataError, UsageError
@@ -258,40 +254,13 @@ def build_released_shard(job: ReleasedShardJob) -> ShardEntry:
     """build_shard for the released Far-OOD layout: the same schema, written the same atomic way."""
     final = Path(job.dst_root) / job.relpath
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     n = job.samples
     scalars = _released_scalars(job)
     reader, header = open_released_array(job.file("observation"), "observation")
-    try:
-        if n > header.shape[0]:
-            raise DataError(f"{reader.path}: has {header.shape[0]} transitions, {n} were asked for")
-        with h5py.File(tmp, "w", libver="v110") as f:
-            for fld in SCALAR_FIELDS:
-                f.create_dataset(fld, data=scalars[fld], track_times=False)
-            f.create_dataset("invalid_range", data=np.zeros(0, np.int64), track_times=False)
-            obs = f.create_dataset("observation", shape=(n, *FRAME_SHAPE), dtype=np.uint8, track_times=False)
-            block = np.empty((min(n, _OBS_BLOCK), *FRAME_SHAPE), np.uint8)
-            for start in range(0, n, _OBS_BLOCK):
-                m = min(_OBS_BLOCK, n - start)
-                read_items_into(reader, block[:m])
-                obs[start : start + m] = block[:m]
-            if job.full_check or n == header.shape[0]:
-                rest = reader.drain()
-                if rest != (header.shape[0] - n) * FRAME_BYTES:
-                    raise DataError(
-                        f"{reader.path}: the stream ends {rest} bytes after frame {n}, not at frame {header.shape[0]}"
-                    )
-            f.attrs.update(_released_attrs(job, header.shape[0]))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        digest, size = sha256_file(tmp), tmp.stat().st_size
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        reader.close()
+    # a saved buffer read from its start: no invalid range (see the module docstring)
+    invalid = np.zeros(0, np.int64)
+    attrs = _released_attrs(job, header.shape[0])
+    digest, size = write_shard(final, n, scalars, invalid, reader, header, job.full_check, attrs)
     source = f"{RELEASED_LAYOUT}:{job.relative('observation')}"
     return ShardEntry(job.relpath, job.game, job.run, job.ckpt, n, digest, size, source)
 

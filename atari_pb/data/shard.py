@@ -62,7 +62,6 @@ def build_shard(job: ShardJob) -> ShardEntry:
     src = Path(job.src_root)
     final = Path(job.dst_root) / job.relpath
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     field_path = lambda field: replay_file(src, job.replay_name, job.run, field, job.ckpt)  # noqa: E731
     n = job.samples
 
@@ -73,6 +72,44 @@ def build_shard(job: ShardJob) -> ShardEntry:
     add_count = int(read_small_array(field_path("add_count")).reshape(-1)[0])
 
     reader, header = open_store_array(field_path("observation"), "observation")
+    attrs = {
+        "schema_version": SHARD_SCHEMA_VERSION,
+        "game": job.game,
+        "replay_name": job.replay_name,
+        "run": job.run,
+        "ckpt": job.ckpt,
+        "source": relative_replay_file(job.replay_name, job.run, "observation", job.ckpt),
+        "source_length": header.shape[0],
+        "add_count": add_count,
+    }
+    digest, size = write_shard(final, n, scalars, invalid, reader, header, job.full_check, attrs)
+    return ShardEntry(
+        path=job.relpath,
+        game=job.game,
+        run=job.run,
+        ckpt=job.ckpt,
+        length=n,
+        sha256=digest,
+        bytes=size,
+        source=relative_replay_file(job.replay_name, job.run, "observation", job.ckpt),
+    )
+
+
+def write_shard(
+    final: Path,
+    n: int,
+    scalars: dict[str, np.ndarray],
+    invalid: np.ndarray,
+    reader,
+    header,
+    full_check: bool,
+    attrs: dict,
+) -> tuple[str, int]:
+    """Write one shard the one atomic way: the scalar arrays, the invalid range, the first `n` frames streamed
+    from `reader` in blocks, the stream's end checked when the prefix is the whole stream (or asked for), the
+    attributes; under a temporary name, fsynced, hashed, then renamed to `final`. Returns (SHA-256, bytes).
+    Closes the reader; any failure leaves no file under the final name."""
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     try:
         if n > header.shape[0]:
             raise DataError(f"{reader.path}: has {header.shape[0]} transitions, {n} were asked for")
@@ -88,28 +125,16 @@ def build_shard(job: ShardJob) -> ShardEntry:
                 obs[start : start + m] = block[:m]
             # The CRC-32 sits at the end of the stream: checking it costs the whole file. Done when the
             # prefix is the whole file anyway, or when asked for.
-            if job.full_check or n == header.shape[0]:
+            if full_check or n == header.shape[0]:
                 rest = reader.drain()
                 if rest != (header.shape[0] - n) * FRAME_BYTES:
                     raise DataError(
                         f"{reader.path}: the stream ends {rest} bytes after frame {n}, not at frame {header.shape[0]}"
                     )
-            f.attrs.update(
-                {
-                    "schema_version": SHARD_SCHEMA_VERSION,
-                    "game": job.game,
-                    "replay_name": job.replay_name,
-                    "run": job.run,
-                    "ckpt": job.ckpt,
-                    "source": relative_replay_file(job.replay_name, job.run, "observation", job.ckpt),
-                    "source_length": header.shape[0],
-                    "add_count": add_count,
-                }
-            )
+            f.attrs.update(attrs)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        digest = sha256_file(tmp)
-        size = tmp.stat().st_size
+        digest, size = sha256_file(tmp), tmp.stat().st_size
         os.replace(tmp, final)
         fsync_dir(final.parent)
     except BaseException:
@@ -117,16 +142,7 @@ def build_shard(job: ShardJob) -> ShardEntry:
         raise
     finally:
         reader.close()
-    return ShardEntry(
-        path=job.relpath,
-        game=job.game,
-        run=job.run,
-        ckpt=job.ckpt,
-        length=n,
-        sha256=digest,
-        bytes=size,
-        source=relative_replay_file(job.replay_name, job.run, "observation", job.ckpt),
-    )
+    return digest, size
 
 
 def observation_offset(path: Path) -> int:
