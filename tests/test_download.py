@@ -128,9 +128,9 @@ class _Handler(BaseHTTPRequestHandler):
                 if i == 2048 and rel == OBS and earlier == srv.fails:
                     time.sleep(srv.stall)
                 piece = body[i : i + 2048]
-                self.wfile.write(piece)
-                with srv.lock:
+                with srv.lock:  # counted before it is written: a client may return once it has the bytes
                     srv.sent[rel] += len(piece)
+                self.wfile.write(piece)
                 time.sleep(0.002)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client hung up once it had enough
