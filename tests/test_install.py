@@ -124,3 +124,51 @@ def test_unpacked_wheel_reads_its_own_configs(built, tmp_path):
     assert Path(module).is_relative_to(site)
     assert Path(root) == site / "atari_pb" / "configs"
     assert Path(curl).read_text() == (REPO / "objectives" / "curl.yaml").read_text()
+
+
+def _declared_requirements() -> set[str]:
+    """Distribution names in setup.cfg's install_requires, normalised as pip does."""
+    import configparser
+    import re
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    lines = [ln.strip() for ln in cfg["options"]["install_requires"].splitlines()]
+    names = [re.split(r"[<>=!~\[; ]", ln, maxsplit=1)[0] for ln in lines if ln and not ln.startswith("#")]
+    return {re.sub(r"[-_.]+", "-", n).lower() for n in names}
+
+
+def _third_party_imports() -> dict[str, str]:
+    """Top-level module imported anywhere in atari_pb/ -> the first file importing it, stdlib and ours left out."""
+    found: dict[str, str] = {}
+    for path in sorted((REPO / "atari_pb").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                tops = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                tops = [node.module.split(".")[0]]
+            else:
+                continue
+            for top in tops:
+                if top not in sys.stdlib_module_names and top != "atari_pb":
+                    found.setdefault(top, str(path.relative_to(REPO)))
+    return found
+
+
+def test_every_imported_package_is_an_install_requirement():
+    """A wheel install gets only install_requires: a module imported from a dev-only or undeclared
+    distribution fails at run time in the user's environment (cv2 once did, in rollouts)."""
+    import importlib.metadata as md
+    import re
+
+    declared = _declared_requirements()
+    optional = {"ray"}  # the [ray] extra; imported only by the Ray backend, behind a clear message
+    distributions = md.packages_distributions()
+    missing = []
+    for top, where in sorted(_third_party_imports().items()):
+        if top in optional:
+            continue
+        dists = {re.sub(r"[-_.]+", "-", d).lower() for d in distributions.get(top, [top])}
+        if not dists & declared:
+            missing.append(f"{top} ({where}; distribution {sorted(dists)})")
+    assert missing == [], f"imported but not in install_requires: {missing}"
