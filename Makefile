@@ -90,17 +90,34 @@ probe: setup
 	$(BIN)/atari-pb finetune --protocol probe --encoder $(ENCODER) --split $(SPLIT) --data $(PROBE_DATA) \
 	    --results $(RESULTS) --workers $(WORKERS) $(ARGS)
 
-# Far-OOD offline data as in the reference: Rainbow agents trained on the Far-OOD games (2M steps, the
-# reference's), kept with --save-agent, then `make data DATASET=far_ood` plays them (datasets/far_ood.yaml)
-FAR_OOD_AGENTS ?= runs/far_ood_agents
+# Far-OOD offline data as the release made it (configs/data_generation.yaml, configs/agent/rainbow_nature.yaml):
+# a Nature-CNN Rainbow trained end to end for 2M steps on each Far-OOD game (1 update a step, epsilon 1 -> 0.02
+# over 1M steps after 20k random ones, a 1M buffer), its training buffer dumped every 1M steps in the released
+# layout into $(FAR_OOD_BUFFERS)/<Game>/{observation,action,reward,terminal}_1_<ckpt>.gz (records and
+# scores of the agents in $(FAR_OOD_NATURE_RUNS)); then
+#   make ingest SRC=$(FAR_OOD_BUFFERS) DST=$(DATA_ROOT)/shards/far_ood_released DATASET=far_ood_released
+# FAR_OOD_WAY=policy instead trains our protocol's ResNet-50 e2e agents and keeps them (--save-agent) for
+# `make data DATASET=far_ood`, which plays them (datasets/far_ood.yaml). A GPU's job either way.
+FAR_OOD_WAY     ?= released
+FAR_OOD_AGENTS  ?= runs/far_ood_agents
+FAR_OOD_NATURE_RUNS ?= runs/far_ood_nature
+FAR_OOD_BUFFERS ?= $(DATA_ROOT)/replay/far_ood_released
+FAR_OOD_NATURE  ?= --preset nature train.env_steps=2000000 train.learning_starts=20000 train.updates_per_step=1 \
+                   train.eps_end=0.02 train.eps_decay_steps=1000000 replay.capacity=1000000 \
+                   buffer_log.dir=$(FAR_OOD_BUFFERS)
+FAR_OOD_POLICY  ?= --save-agent train.env_steps=2000000
 far-ood-agents: setup
-	$(BIN)/atari-pb finetune --protocol rainbow --encoder e2e --split far_ood --seeds 0 --save-agent \
-	    --results $(FAR_OOD_AGENTS) --workers $(WORKERS) train.env_steps=2000000 $(ARGS)
+	$(if $(filter released policy,$(FAR_OOD_WAY)),,$(error FAR_OOD_WAY=$(FAR_OOD_WAY): valid: released, policy))
+	$(BIN)/atari-pb finetune --protocol rainbow --encoder e2e --split far_ood --seeds 0 \
+	    --workers $(WORKERS) $(if $(filter released,$(FAR_OOD_WAY)),--results $(FAR_OOD_NATURE_RUNS) \
+	    $(FAR_OOD_NATURE),--results $(FAR_OOD_AGENTS) $(FAR_OOD_POLICY)) $(ARGS)
 
 # The pipeline on the small embedded default (datasets/demo.yaml: three ID games, one Near-OOD, one Far-OOD,
 # played locally): data -> tiny encoders pre-trained under two objectives on the ID games -> offline BC and a
-# short Rainbow run on every demo game for each encoder and the random baseline -> evaluation tables ->
-# the leaderboard with figures in $(DEMO_DIR)/leaderboard. Every stage skips what is already finished.
+# short Rainbow run on every demo game for each encoder and the random baseline -> AtariARI probes
+# (datasets/probes_demo.yaml) of each encoder and the random and pixels baselines on the annotated demo games
+# -> evaluation tables -> the leaderboard with figures in $(DEMO_DIR)/leaderboard. Every stage skips what is
+# already finished.
 # The budgets are a demo's, not the protocol's (finetune/*.yaml): scores show the pipeline, not the methods.
 DEMO_DIR     ?= runs/demo
 DEMO_OBJS    ?= curl siammae
@@ -112,6 +129,8 @@ DEMO_BC      ?= train.max_steps=100 train.batch_size=64
 DEMO_RAINBOW ?= train.env_steps=400 train.learning_starts=200 train.updates_per_step=1 train.batch_size=16 \
                 train.eps_decay_steps=100 replay.capacity=5000
 DEMO_EVAL    ?= --episodes 2 --eval-envs 2 eval.env.horizon=1000
+DEMO_PROBE_GAMES ?= boxing breakout freeway pong
+DEMO_PROBE   ?=
 DEMO_FINETUNE = $(BIN)/atari-pb finetune --encoder $(DEMO_OBJS:%=$(DEMO_DIR)/%/encoder.safetensors) random \
                 --split $(DEMO_SPLITS) --games $(DEMO_GAMES) --seeds 0 --preset tiny --results $(DEMO_DIR)/results \
                 --workers $(WORKERS) $(DEMO_EVAL)
@@ -121,6 +140,10 @@ demo: setup
 	$(foreach obj,$(DEMO_OBJS),$(MAKE) $(DEMO_DIR)/$(obj)/encoder.safetensors &&) true
 	$(DEMO_FINETUNE) --protocol offline_bc --data $(DATA_ROOT)/shards/demo $(DEMO_BC)
 	$(DEMO_FINETUNE) --protocol rainbow $(DEMO_RAINBOW)
+	$(MAKE) probe-data PROBE_DATASET=probes_demo
+	$(BIN)/atari-pb finetune --protocol probe --encoder $(DEMO_OBJS:%=$(DEMO_DIR)/%/encoder.safetensors) random \
+	    pixels --split id near_ood --games $(DEMO_PROBE_GAMES) --seeds 0 --preset tiny --results $(DEMO_DIR)/results \
+	    --workers $(WORKERS) --data $(DATA_ROOT)/probes/probes_demo $(DEMO_PROBE)
 	$(foreach split,$(DEMO_SPLITS),$(BIN)/atari-pb eval --results $(DEMO_DIR)/results --split $(split) &&) true
 	$(BIN)/atari-pb leaderboard $(DEMO_DIR)/results --out $(DEMO_DIR)/leaderboard
 	@echo "demo: encoders in $(DEMO_DIR)/*/encoder.safetensors, records in $(DEMO_DIR)/results," \

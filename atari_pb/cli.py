@@ -23,13 +23,13 @@ def registry_names() -> dict[str, list[str]]:
     """What can be named on the command line, read from the registries (not a list kept here)."""
     from atari_pb.finetune.base import protocol_names
     from atari_pb.games import SPLITS
-    from atari_pb.models.backbone import PRESETS
+    from atari_pb.models.backbone import PRESET_NAMES
     from atari_pb.objectives import OBJECTIVES
 
     return {
         "objectives": sorted(OBJECTIVES),
         "protocols": protocol_names(),
-        "presets": list(PRESETS),
+        "presets": list(PRESET_NAMES),
         "splits": list(SPLITS),
     }
 

@@ -1,6 +1,6 @@
 """`make demo`, the README's first command, end to end in a scratch directory: collect, ingest, verify,
 pre-train two tiny encoders, offline BC and Rainbow for them and the random baseline on every demo game,
-evaluation tables for the three splits, the leaderboard. The budgets are cut further than the demo's own
+AtariARI probes of them and the random and pixels baselines on the annotated demo games, evaluation tables for the three splits, the leaderboard. The budgets are cut further than the demo's own
 (Makefile DEMO_* variables) so the test takes minutes; the stages and files are the demo's."""
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ QUICK = {
     "DEMO_RAINBOW": "train.env_steps=160 train.learning_starts=120 train.updates_per_step=1 "
     "train.batch_size=8 train.eps_decay_steps=20 replay.capacity=2000 agent.n_step=3",
     "DEMO_EVAL": "--episodes 2 --eval-envs 2 eval.env.horizon=250",
+    "DEMO_PROBE": "train.epochs=30",
 }
 GAMES = {"boxing": "id", "breakout": "id", "freeway": "id", "pong": "near_ood", "surround": "far_ood"}
+PROBE_GAMES = ["boxing", "breakout", "freeway", "pong"]  # the annotated demo games (surround is not)
 
 
 def dqn_normalized(game: str, score: float) -> float:
@@ -70,7 +72,11 @@ def test_demo_writes_a_leaderboard_whose_rows_match_the_records(demo):
         for p in ("offline_bc", "rainbow")
         for g in GAMES
     }
+    expected |= {
+        (m, "probe", GAMES[g], g, 0) for m in ("curl", "siammae", "random", "pixels") for g in PROBE_GAMES
+    }
     assert {(r.method, r.protocol, r.split, r.game, r.seed) for r in records} == expected
+    assert all(0.0 <= r.score <= 1.0 for r in records if r.protocol == "probe")
 
     with open(runs / "leaderboard" / "leaderboard.csv") as f:
         rows = {(r["method"], r["protocol"], r["split"]): r for r in csv.DictReader(f)}
@@ -78,7 +84,8 @@ def test_demo_writes_a_leaderboard_whose_rows_match_the_records(demo):
     assert rows.keys() == groups
     for (method, protocol, split), row in rows.items():
         mine = [r for r in records if (r.method, r.protocol, r.split) == (method, protocol, split)]
-        normalized = [dqn_normalized(r.game, r.score) for r in mine]
+        # probe scores are mean F1 (not normalised); the others DQN-normalised
+        normalized = [r.score if protocol == "probe" else dqn_normalized(r.game, r.score) for r in mine]
         assert int(row["n_games"]) == len({r.game for r in mine}) and int(row["n_seeds"]) == 1
         assert float(row["mean"]) == pytest.approx(np.mean(normalized), abs=1e-6)
         assert float(row["median"]) == pytest.approx(np.median(normalized), abs=1e-6)
@@ -90,6 +97,8 @@ def test_demo_writes_a_leaderboard_whose_rows_match_the_records(demo):
     assert proc.stdout.count("| Method |") >= 3, proc.stdout[-2000:]
     for method in ("curl", "siammae", "random"):
         assert f"| {method} | offline_bc |" in proc.stdout
+    for method in ("curl", "siammae", "random", "pixels"):
+        assert f"| {method} | probe |" in proc.stdout, proc.stdout[-3000:]
 
 
 @pytest.mark.slow

@@ -169,7 +169,11 @@ def test_broken_encoder_files_are_named(tmp_path):
         (["--objective", "simclr"], 2, "unknown objective 'simclr'; valid objectives: "),
         (["objective.temprature=2"], 2, "unknown key 'objective.temprature'; valid keys: temperature"),
         (["trainer.steps=ten"], 2, "bad value for 'trainer.steps'"),
-        (["--preset", "vit"], 2, "unknown backbone preset 'vit'; valid presets: resnet50, resnet18, tiny"),
+        (
+            ["--preset", "vit"],
+            2,
+            "unknown backbone preset 'vit'; valid presets: resnet50, resnet18, tiny, nature",
+        ),
     ],
 )
 def test_bad_requests(shard_dir, tmp_path, extra, code, words):

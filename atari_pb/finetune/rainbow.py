@@ -35,6 +35,7 @@ from atari_pb.core.timing import NO_TIMING, Sections
 from atari_pb.envs.atari import EnvConfig, make_vector_env
 from atari_pb.errors import UsageError
 from atari_pb.finetune.base import FinetuneResult, FinetuneTask, Protocol, load_protocol_config, register
+from atari_pb.finetune.buffer_log import BufferLog, BufferLogConfig
 from atari_pb.finetune.replay import PrioritizedReplay, ReplayBatch
 from atari_pb.games import Game
 from atari_pb.models.agent import HEAD_INITS, AgentNet, build_agent_net, save_agent
@@ -98,6 +99,7 @@ class RainbowConfig:
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    buffer_log: BufferLogConfig = field(default_factory=BufferLogConfig)
 
 
 def load_rainbow_config(overrides: Sequence[str] = (), path: str | Path | None = None) -> RainbowConfig:
@@ -123,6 +125,12 @@ def check(cfg: RainbowConfig) -> None:
         raise UsageError("train: learning_starts and updates_per_step must be >= 0")
     if cfg.replay.capacity // t.num_envs < 2 * (a.n_step + cfg.env.frames):
         raise UsageError(f"replay.capacity={cfg.replay.capacity} is too small for {t.num_envs} envs")
+    b = cfg.buffer_log
+    if b.dir and (t.num_envs != 1 or min(b.every, b.size, b.delay) < 1):
+        raise UsageError(
+            "buffer_log: the released buffer log needs train.num_envs=1 and every, size, delay >= 1 "
+            f"(got num_envs={t.num_envs}, every={b.every}, size={b.size}, delay={b.delay})"
+        )
 
 
 class RainbowAgent(nn.Module):
@@ -277,6 +285,7 @@ class TrainResult:
     episode_lengths: np.ndarray
     seconds: float
     metrics: dict[str, float]  # the last update's loss, q, grad_norm
+    buffer_files: list[str] = field(default_factory=list)  # the buffer log's dumps (buffer_log.dir)
 
 
 def train_rainbow(
@@ -313,6 +322,8 @@ def train_rainbow(
     policy = EpsilonGreedy(greedy, num_actions, [[seed, i] for i in range(n)])
     learner = _Learner(agent, replay, cfg, sections)
     episodes = EpisodeTracker(n)
+    # the released Far-OOD data generator's log of its training buffer; run = seed + 1 (seed 0 -> run 1)
+    buffer_log = BufferLog(cfg.buffer_log, game, run=seed + 1) if cfg.buffer_log.dir else None
     finished: list[tuple[float, int]] = []
     steps = 0
     bar = tqdm(
@@ -343,6 +354,9 @@ def train_rainbow(
                     final,
                     info["stack_reset"],
                 )
+            if buffer_log is not None:  # one env; a lost life ends a logged episode, as the released `done`
+                done = ended[0] or info["lost_life"][0]
+                buffer_log.add(obs[0, -1], actions[0], np.sign(reward[0]), done, steps + n, t.learning_starts)
             finished += [(ret, length) for _, ret, length in episodes.step(reward, ended)]
             obs = next_obs
             steps += n
@@ -369,6 +383,7 @@ def train_rainbow(
         episode_lengths=np.array([length for _, length in finished], dtype=np.int64),
         seconds=time.perf_counter() - start,
         metrics=learner.metrics,
+        buffer_files=[str(f) for f in buffer_log.files] if buffer_log is not None else [],
     )
 
 
@@ -424,7 +439,10 @@ class Rainbow(Protocol):
             gradient_steps=r.updates,
             env_steps=r.env_steps,
             seconds=r.seconds,
-            summary={"train_episode_returns": [float(x) for x in r.episode_returns[-10:]]},
+            summary={
+                "train_episode_returns": [float(x) for x in r.episode_returns[-10:]],
+                **({"buffer_files": r.buffer_files} if r.buffer_files else {}),
+            },
         )
 
     @staticmethod

@@ -4,7 +4,7 @@
     net(obs_uint8)        # backbone (a copy of the encoder's, frozen) -> fresh neck -> fresh head
 
 The backbone is copied from the encoder and frozen (trained too for the `e2e` baseline); the neck is a fresh
-Atari-PB spatial-MLP neck with one spatial embedding (Atari-PB's per-game neck restricted to the one game
+Atari-PB spatial-MLP neck (the released linear neck for the Nature CNN) with one spatial embedding (Atari-PB's per-game neck restricted to the one game
 being fine-tuned: its other rows would never be read); the head is a fresh linear layer, or an MLP with
 `head_hidden` layers. Offline BC (logits over the actions), Rainbow (C51 logits) and PreND's predictor (an
 embedding) are all this network.
@@ -35,11 +35,12 @@ from atari_pb.models.encoder import (
     Encoder,
     ModelConfig,
     config_path,
+    make_neck,
     read_config,
     read_tensors,
     write_weights,
 )
-from atari_pb.models.layers import SpatialMLPNeck, mlp
+from atari_pb.models.layers import mlp
 
 AGENT_FORMAT = "atari-pb-agent/1"
 HEAD_KINDS = ("logits", "c51")
@@ -51,7 +52,7 @@ HEAD_INITS = ("normal", "torch")
 class AgentNet(nn.Module):
     """uint8 (B, F, 84, 84) stacks (or augmented floats in [0, 1]) -> (B, out_dim)."""
 
-    def __init__(self, backbone: nn.Module, neck: SpatialMLPNeck, head: nn.Module, train_backbone: bool):
+    def __init__(self, backbone: nn.Module, neck: nn.Module, head: nn.Module, train_backbone: bool):
         super().__init__()
         self.backbone, self.neck, self.head = backbone, neck, head
         self.train_backbone = train_backbone
@@ -85,7 +86,7 @@ def build_agent_net(
     layer's initialisation, see HEAD_INITS). The encoder itself is only read. Initialisation follows
     torch's global generator."""
     backbone = copy.deepcopy(encoder.backbone).requires_grad_(train_backbone)
-    neck = SpatialMLPNeck(encoder.neck.in_shape, encoder.cfg.neck_dims(), num_games=1)
+    neck = make_neck(encoder.cfg, encoder.neck.in_shape, num_games=1)
     head = mlp([neck.out_dim, *head_hidden, out_dim])
     if head_init == "normal":
         nn.init.normal_(head[-1].weight)

@@ -39,19 +39,48 @@ PRESETS: dict[str, BackbonePreset] = {
     # a few tens of thousands of parameters, an 8-channel stem: CPU tests and the demo
     "tiny": BackbonePreset("resnet18", (1, 1, 1, 1), (8, 16, 32, 64), 8),
 }
+NATURE = "nature"  # the DQN Nature CNN (below): the released Far-OOD data generator's backbone
+PRESET_NAMES = (*PRESETS, NATURE)
 NORM_GROUPS = 4  # Atari-PB's GroupNorm
 
 
+class NatureCNN(nn.Module):
+    """The DQN Nature CNN as the released Atari-PB code builds it (src/models/backbones/nature.py: three
+    ReLU convolutions 32x8x8/4, 64x4x4/2, 64x3x3/1, PyTorch's default init, no norm): (B, F, 84, 84) floats ->
+    (B, 64, 7, 7). The released Far-OOD data came from a Rainbow agent on this backbone
+    (configs/model/distributional_nature.yaml)."""
+
+    num_features = 64
+
+    def __init__(self, in_frames: int):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_frames, 32, kernel_size=8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, kernel_size=4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, kernel_size=3, stride=1),
+            nn.ReLU(),
+        )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
 class Backbone(nn.Module):
-    """uint8 (B, F, 84, 84) frame stacks -> float (B, C, 6, 6) features."""
+    """uint8 (B, F, 84, 84) frame stacks -> float (B, C, 6, 6) features (7x7 for the Nature CNN)."""
 
     def __init__(self, preset: str = "resnet50", in_frames: int = 4):
         super().__init__()
-        if preset not in PRESETS:
-            raise UsageError(f"unknown backbone preset {preset!r}; valid presets: {', '.join(PRESETS)}")
-        p = PRESETS[preset]
+        if preset not in PRESET_NAMES:
+            raise UsageError(f"unknown backbone preset {preset!r}; valid presets: {', '.join(PRESET_NAMES)}")
         self.preset = preset
         self.in_frames = in_frames
+        if preset == NATURE:
+            self.body = NatureCNN(in_frames)
+            self.out_channels: int = NatureCNN.num_features
+            return
+        p = PRESETS[preset]
         norm = partial(GroupNorm, num_groups=NORM_GROUPS, affine=False)
         self.body = timm.create_model(
             p.timm_name,

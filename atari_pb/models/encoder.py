@@ -22,8 +22,8 @@ from torch import nn
 
 from atari_pb.errors import DataError, UsageError
 from atari_pb.games import NUM_GAME_IDS
-from atari_pb.models.backbone import Backbone
-from atari_pb.models.layers import SpatialMLPNeck
+from atari_pb.models.backbone import NATURE, Backbone
+from atari_pb.models.layers import LinearNeck, SpatialMLPNeck
 
 ENCODER_FORMAT = "atari-pb-encoder/1"
 
@@ -32,15 +32,24 @@ ENCODER_FORMAT = "atari-pb-encoder/1"
 class ModelConfig:
     """The `model:` section of objectives/*.yaml and finetune/*.yaml."""
 
-    preset: str = "resnet50"  # resnet50 | resnet18 | tiny
+    preset: str = "resnet50"  # resnet50 | resnet18 | tiny | nature (the Nature CNN, with a linear neck)
     frames: int = 4
-    neck_hidden: list[int] = field(default_factory=list)  # empty: [1024, 512], or [128, 64] for tiny
+    neck_hidden: list[int] = field(default_factory=list)  # empty: [1024, 512], [128, 64] tiny, [512] nature
     num_actions: int = 18  # Atari's full action set; DQN-Replay actions index each game's minimal set
 
     def neck_dims(self) -> list[int]:
         if self.neck_hidden:
             return list(self.neck_hidden)
-        return [128, 64] if self.preset == "tiny" else [1024, 512]
+        return {"tiny": [128, 64], NATURE: [512]}.get(self.preset, [1024, 512])
+
+
+def make_neck(cfg: ModelConfig, in_shape: tuple[int, int, int], num_games: int) -> nn.Module:
+    """The preset's neck: Atari-PB's per-game spatial MLP, or for the Nature CNN the released agent's
+    linear neck (configs/model/distributional_nature.yaml: neck `linear`, one hidden layer)."""
+    if cfg.preset == NATURE:
+        (hidden,) = cfg.neck_dims()  # the released linear neck has exactly one layer
+        return LinearNeck(in_shape, hidden)
+    return SpatialMLPNeck(in_shape, cfg.neck_dims(), num_games)
 
 
 class Encoder(nn.Module):
@@ -50,7 +59,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = Backbone(cfg.preset, cfg.frames)
-        self.neck = SpatialMLPNeck(self.backbone.out_shape(), cfg.neck_dims(), NUM_GAME_IDS)
+        self.neck = make_neck(cfg, self.backbone.out_shape(), NUM_GAME_IDS)
         self.out_dim = self.neck.out_dim
 
     def forward(self, obs: torch.Tensor, game_id: torch.Tensor | None = None) -> torch.Tensor:

@@ -47,6 +47,21 @@ class SpatialMLPNeck(nn.Module):
         return self.mlp(self.norm(x.mean(dim=(2, 3))))
 
 
+class LinearNeck(nn.Module):
+    """The released `linear` neck of the Nature-CNN agent (src/models/necks/linear.py): flatten the feature
+    map, Linear C*H*W -> hidden, ReLU. (B, C, H, W), game ids (ignored: one game) -> (B, hidden)."""
+
+    def __init__(self, in_shape: Sequence[int], hidden: int = 512):
+        super().__init__()
+        c, h, w = in_shape
+        self.in_shape = (c, h, w)
+        self.linear = nn.Linear(c * h * w, hidden)
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor, game_id: torch.Tensor | None = None) -> torch.Tensor:
+        return F.relu(self.linear(x.flatten(1)))
+
+
 class PerGameLinear(nn.Module):
     """One linear layer per game: (B, in), (B,) game ids -> (B, out)."""
 

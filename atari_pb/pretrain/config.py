@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from atari_pb.config import config_file, load_config
 from atari_pb.errors import UsageError
+from atari_pb.models.backbone import NATURE, PRESET_NAMES
 from atari_pb.models.encoder import ModelConfig
 
 
@@ -101,6 +102,11 @@ def check(cfg: PretrainConfig) -> None:
         raise UsageError(f"optim.optimizer={o.optimizer!r}; valid: adamw, adam")
     if t.save_every < 1:
         raise UsageError(f"trainer.save_every={t.save_every}: must be >= 1")
+    if cfg.model.preset == NATURE:  # its linear neck has no per-game spatial embedding, which objectives use
+        valid = ", ".join(p for p in PRESET_NAMES if p != NATURE)
+        raise UsageError(
+            f"model.preset={NATURE}: the Nature CNN makes the Far-OOD data (fine-tuning only); valid: {valid}"
+        )
 
 
 def to_yaml(cfg: PretrainConfig) -> str:
