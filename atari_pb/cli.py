@@ -7,6 +7,7 @@ written; errors in the data (truncated file, hash mismatch) print one line each 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -312,6 +313,18 @@ def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
             args.save_agent,
         )
     ]
+    if args.checkpoint_every < 0:
+        raise UsageError(f"--checkpoint-every {args.checkpoint_every}: must be >= 0")
+    checkpoints = str(args.checkpoints or args.results / ".checkpoints")
+    jobs = [
+        dataclasses.replace(
+            job,
+            checkpoints=checkpoints,
+            checkpoint_every=args.checkpoint_every,
+            keep_checkpoint=args.keep_checkpoints,
+        )
+        for job in jobs
+    ]
     written, errors = finetune(jobs, args.workers)
     for line in errors:
         print(f"atari-pb: error: {line}", file=sys.stderr)
@@ -477,6 +490,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep each trained agent in <results>/<method>/<protocol>/<game>/agents/ "
         "(for collect --policy eps-greedy:<agent>; protocols that can save agents, e.g. rainbow)",
+    )
+    p.add_argument(
+        "--checkpoints",
+        type=Path,
+        help="where resumable jobs (offline_bc, rainbow) keep their checkpoints, <dir>/<method>/<protocol>/"
+        "<game>/seed<k>/; a job run again continues from its own (default: <results>/.checkpoints)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=5000,
+        help="gradient updates between a job's checkpoints; 0: none (default 5000)",
+    )
+    p.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep each job's last checkpoint once its record is written",
     )
     p.set_defaults(func=cmd_finetune)
 

@@ -60,7 +60,7 @@ def test_buffer_log_keeps_the_released_ring_order(tmp_path):
             else:
                 assert (row[0] == k + 1).all() and row[1:] == [k % 4, (-1.0) ** k, float(k % 3 == 0)]
     with pytest.raises(UsageError, match="already exists"):
-        BufferLog(BufferLogConfig(str(tmp_path), every, size, delay), get_game("klax"), run=1)
+        BufferLog(BufferLogConfig(str(tmp_path), every, size, delay), get_game("klax"), run=1).check_fresh()
 
 
 @pytest.fixture(scope="module")

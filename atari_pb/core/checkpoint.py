@@ -68,7 +68,7 @@ def same_run(
     for section in sections:
         was, is_ = saved.get(section), now.get(section)
         if was != is_:
-            if isinstance(was, Mapping) and isinstance(is_, Mapping):  # name the first differing key
+            while isinstance(was, Mapping) and isinstance(is_, Mapping):  # name the deepest differing key
                 key = next(k for k in (*was, *is_) if was.get(k) != is_.get(k))
                 section, was, is_ = f"{section}.{key}", was.get(key), is_.get(key)
             raise UsageError(f"{path}: the run was made with {section}={was}, not {is_}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from atari_pb.core.state import arrays_from_state, arrays_state
+
 
 class EpisodeTracker:
     """Add every vector step's raw rewards and episode ends; get back the episodes that finished.
@@ -15,6 +17,13 @@ class EpisodeTracker:
     def __init__(self, num_envs: int):
         self.returns = np.zeros(num_envs, np.float64)
         self.lengths = np.zeros(num_envs, np.int64)
+
+    def state_dict(self) -> dict:
+        return arrays_state({"returns": self.returns, "lengths": self.lengths})
+
+    def load_state_dict(self, state: dict) -> None:
+        arrays = arrays_from_state(state)
+        self.returns[:], self.lengths[:] = arrays["returns"], arrays["lengths"]
 
     def step(self, reward: np.ndarray, ended: np.ndarray) -> list[tuple[int, float, int]]:
         """(env index, return, length) of each episode that ended with this step; those envs restart."""

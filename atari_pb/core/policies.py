@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from atari_pb.core.state import arrays_from_state, arrays_state, generator_state, set_generator_state
+
 BLOCK = 256  # draws made per generator at a time
 
 
@@ -20,6 +22,18 @@ class PerEnvDraws:
         self.num_actions = num_actions
         self.rngs = [np.random.default_rng(s) for s in seeds]
         self._t = BLOCK
+
+    def state_dict(self) -> dict:
+        block = {"u": self._u, "a": self._a} if self._t < BLOCK else {}
+        return {"rngs": [generator_state(r) for r in self.rngs], "t": self._t, "block": arrays_state(block)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for rng, st in zip(self.rngs, state["rngs"], strict=True):
+            set_generator_state(rng, st)
+        self._t = int(state["t"])
+        if self._t < BLOCK:
+            block = arrays_from_state(state["block"])
+            self._u, self._a = block["u"], block["a"]
 
     def draw(self) -> tuple[np.ndarray, np.ndarray]:
         """(u (N,) float64 in [0, 1), random actions (N,) int64) for the next step."""

@@ -21,6 +21,14 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from atari_pb.core.state import (
+    arrays_from_state,
+    arrays_state,
+    bytes_from_state,
+    bytes_state,
+    generator_state,
+    set_generator_state,
+)
 from atari_pb.envs.atari import EnvConfig, screen_shape
 
 OBS_SIZE = 84  # atari.py:60 imagesize
@@ -196,6 +204,37 @@ class ReleasedVectorEnv:
             "lives": np.array([ale.lives() for ale in self.ales], np.int32),
             "episode_frame_number": np.array([ale.getEpisodeFrameNumber() for ale in self.ales], np.int32),
         }
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs to continue exactly: each emulator's state with its random
+        generator (ALE's cloneState), the no-op generators, the screens, stacks, lives and step counts."""
+        arrays = {
+            "raw1": self.raw1,
+            "raw2": self.raw2,
+            "obs": self.obs,
+            "lives": self.lives,
+            "steps": self.steps,
+        }
+        return {
+            "ales": [bytes_state(ale.cloneState(include_rng=True).__getstate__()) for ale in self.ales],
+            "rngs": [generator_state(r) for r in self.rngs],
+            "arrays": arrays_state(arrays),
+            "has_fire": self.has_fire,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        from ale_py import ALEState
+
+        for ale, saved in zip(self.ales, state["ales"], strict=True):
+            emulator = ALEState.__new__(ALEState)
+            emulator.__setstate__(bytes_from_state(saved))  # ALE's own serialisation; no pickle is read
+            ale.restoreState(emulator)
+        for rng, saved in zip(self.rngs, state["rngs"], strict=True):
+            set_generator_state(rng, saved)
+        for key, value in arrays_from_state(state["arrays"]).items():
+            getattr(self, key)[:] = value
+        self.has_fire = bool(state["has_fire"])
 
     def close(self) -> None:
         self.ales = []

@@ -35,6 +35,7 @@ from typing import Any, ClassVar, TypeVar
 from atari_pb.config import config_file, load_config
 from atari_pb.core.timing import NO_TIMING, Sections
 from atari_pb.errors import UsageError
+from atari_pb.finetune.resume import JobCheckpoint
 from atari_pb.games import Game
 from atari_pb.models.encoder import Encoder
 
@@ -56,6 +57,7 @@ class FinetuneTask:
     progress: bool = True
     sections: Sections = field(default=NO_TIMING)  # timing hook for bench/
     baseline: str = ""  # the baseline the encoder stands for: random, e2e or one of Protocol.baselines
+    checkpoint: JobCheckpoint | None = None  # resumable protocols save and continue the job there
 
 
 @dataclass
@@ -76,6 +78,7 @@ class Protocol:
     needs_data: ClassVar[bool] = False
     can_save_agent: ClassVar[bool] = False
     rollouts: ClassVar[bool] = True
+    resumable: ClassVar[bool] = False  # `train` saves and continues `task.checkpoint` (finetune/resume.py)
     score_scale: ClassVar[str] = GAME_SCALE
     score_parts: ClassVar[tuple[str, ...]] = ()
     score_parts_title: ClassVar[str] = "part"

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from atari_pb.core.state import arrays_from_state, arrays_state
 from atari_pb.data.replay_format import FRAME_SHAPE, released_file, write_gz_npy
 from atari_pb.errors import UsageError
 from atari_pb.games import Game
@@ -54,18 +56,33 @@ class BufferLog:
         self.written = 0  # rows written since the start (ring position = written % size)
         self.ckpt = 1  # the released buffer numbers its dumps from 1
         self.files: list[Path] = []
-        first = released_file(Path(cfg.dir), game.replay_name, run, "observation", 1)
-        if first.exists():  # another run's dumps: never overwritten
+
+    def check_fresh(self) -> None:
+        """A run that starts (not one that resumes) must not overwrite another run's dumps."""
+        first = released_file(Path(self.cfg.dir), self.game.replay_name, self.run, "observation", 1)
+        if first.exists():
             raise UsageError(
                 f"buffer_log.dir: {first} already exists (a buffer logged before); choose another dir"
             )
+
+    def add_step(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        dones: np.ndarray,
+        step: int,
+        first_dump: int,
+    ) -> None:
+        """`add` for a vector step of the one training env: its stack's last frame, the sign-clipped reward."""
+        self.add(obs[0, -1], actions[0], np.sign(rewards[0]), dones[0], step, first_dump)
 
     def add(
         self, frame: np.ndarray, action: int, reward: float, done: bool, step: int, first_dump: int = 0
     ) -> None:
         """Log agent step `step` (1-based, as the released loop counts); dump after every `every` steps from
         step `first_dump` on (the released loop saves only once learning has started)."""
-        self.pending.append((frame.copy(), action, reward, done))
+        self.pending.append((frame.copy(), int(action), float(reward), bool(done)))
         if len(self.pending) == self.cfg.delay:
             frame, action, reward, done = self.pending[0]
             row = self.written % self.cfg.size
@@ -78,6 +95,29 @@ class BufferLog:
             self.written += 1
         if step >= first_dump and step % self.cfg.every == 0:
             self.dump()
+
+    def state_dict(self) -> dict:
+        """All but the frames (a checkpoint mirrors those incrementally: slots_written_since)."""
+        pending = [(torch.from_numpy(f), a, r, d) for f, a, r, d in self.pending]
+        arrays = arrays_state({"actions": self.actions, "rewards": self.rewards, "dones": self.dones})
+        return {"arrays": arrays, "pending": pending, "written": self.written, "ckpt": self.ckpt,
+                "files": [str(f) for f in self.files]}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        arrays = arrays_from_state(state["arrays"])
+        self.actions[:], self.rewards[:], self.dones[:] = (
+            arrays["actions"],
+            arrays["rewards"],
+            arrays["dones"],
+        )
+        self.pending.clear()
+        self.pending.extend((f.numpy(), a, r, d) for f, a, r, d in state["pending"])
+        self.written, self.ckpt = int(state["written"]), int(state["ckpt"])
+        self.files = [Path(f) for f in state["files"]]
+
+    def slots_written_since(self, written: int) -> np.ndarray:
+        count = min(self.written - written, self.cfg.size)
+        return np.arange(self.written - count, self.written, dtype=np.int64) % self.cfg.size
 
     def dump(self) -> Path:
         arrays = {

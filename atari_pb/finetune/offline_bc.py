@@ -28,6 +28,7 @@ from atari_pb.data import SampleSpec, ShardSet, ShardStream, make_loader
 from atari_pb.envs.atari import num_actions as game_actions
 from atari_pb.errors import UsageError
 from atari_pb.finetune.base import FinetuneResult, FinetuneTask, Protocol, load_protocol_config, register
+from atari_pb.finetune.resume import JobCheckpoint
 from atari_pb.games import Game
 from atari_pb.models.agent import HEAD_INITS, AgentNet, build_agent_net
 from atari_pb.models.encoder import Encoder
@@ -106,7 +107,10 @@ def train_offline_bc(
     seed: int,
     train_backbone: bool = False,
     progress: bool = True,
+    checkpoint: JobCheckpoint | None = None,
 ) -> BCResult:
+    """Offline BC on `game`'s shards; `checkpoint` saves the run every so many steps and continues a saved
+    one exactly (the batches and augmentations are functions of (seed, step))."""
     device = pick_device(cfg.device, "train.device")
     torch.manual_seed(seed)
     all_runs = ShardSet(shards_dir, games=[game.name])
@@ -134,10 +138,23 @@ def train_offline_bc(
         optimizer, warmup_cosine(steps, cfg.warmup, cfg.min_lr_scale)
     )
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-    stream = ShardStream(shards, cfg.batch_size, spec, seed=seed, num_steps=steps)
-    bar = tqdm(total=steps, unit="step", desc=f"offline_bc {game.name}", disable=None if progress else True)
+    state = checkpoint.load() if checkpoint is not None else None
+    first = 0
+    if state is not None:
+        agent.load_state_dict(state["agent"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        first = int(state["step"])
+    stream = ShardStream(shards, cfg.batch_size, spec, seed=seed, start_step=first, num_steps=steps - first)
+    bar = tqdm(
+        total=steps,
+        initial=first,
+        unit="step",
+        desc=f"offline_bc {game.name}",
+        disable=None if progress else True,
+    )
     start = time.perf_counter()
-    for step, batch in enumerate(make_loader(stream, num_workers=cfg.loader_threads)):
+    for step, batch in enumerate(make_loader(stream, num_workers=cfg.loader_threads), start=first):
         obs, action = batch["obs"][:, 0].to(device), batch["action"][:, 0].to(device)
         x = augment(obs, BatchRandom.for_batch(seed, step, len(obs), device)) if cfg.augment else obs
         loss = F.cross_entropy(agent(x), action)
@@ -147,6 +164,9 @@ def train_offline_bc(
         optimizer.step()
         scheduler.step()
         bar.update()
+        if checkpoint is not None and step + 1 < steps and checkpoint.due(step + 1):
+            state = {"agent": agent.state_dict(), "optimizer": optimizer.state_dict()}
+            checkpoint.save(step + 1, state | {"scheduler": scheduler.state_dict()})
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
@@ -173,6 +193,7 @@ class OfflineBC(Protocol):
     """Behaviour cloning of the game's logged actions (Atari-PB's offline BC protocol)."""
 
     name = "offline_bc"
+    resumable = True
     Config = OfflineBCConfig
     needs_data = True
 
@@ -191,6 +212,7 @@ class OfflineBC(Protocol):
             task.seed,
             task.train_backbone,
             task.progress,
+            task.checkpoint,
         )
         summary = {"train_accuracy": r.train_accuracy, "holdout_accuracy": r.holdout_accuracy}
         return FinetuneResult(

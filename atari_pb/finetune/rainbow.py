@@ -16,6 +16,7 @@ Registered as the `rainbow` protocol (finetune/rainbow.yaml); `train_backbone=Tr
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,11 +38,14 @@ from atari_pb.errors import UsageError
 from atari_pb.finetune.base import FinetuneResult, FinetuneTask, Protocol, load_protocol_config, register
 from atari_pb.finetune.buffer_log import BufferLog, BufferLogConfig
 from atari_pb.finetune.replay import PrioritizedReplay, ReplayBatch
+from atari_pb.finetune.resume import FrameMirror, JobCheckpoint
 from atari_pb.games import Game
 from atari_pb.models.agent import HEAD_INITS, AgentNet, build_agent_net, save_agent
 from atari_pb.models.distributional import project_distribution, q_values, select_greedy
 from atari_pb.models.ema import ema_update, make_target
 from atari_pb.models.encoder import Encoder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -171,6 +175,14 @@ class RainbowAgent(nn.Module):
         self.ema_pairs = [(getattr(self.online, p), getattr(self.target, p)) for p in parts]
         self.updates = 0
 
+    def checkpoint_state(self) -> dict:
+        return {"net": self.state_dict(), "optimizer": self.optimizer.state_dict(), "updates": self.updates}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = int(state["updates"])
+
     # the parts by name, for readers and tests
     backbone = property(lambda self: self.online.backbone)
     neck = property(lambda self: self.online.neck)
@@ -296,10 +308,12 @@ def train_rainbow(
     progress: bool = True,
     train_backbone: bool = False,
     sections: Sections = NO_TIMING,
+    checkpoint: JobCheckpoint | None = None,
 ) -> TrainResult:
     """Fine-tune a Rainbow agent on `game` for cfg.train.env_steps agent steps from `encoder` (which is
     only read: the agent copies the backbone and re-initialises neck and head). `train_backbone` trains the
-    backbone too (the `e2e` baseline); `sections` times the loop's parts (bench/)."""
+    backbone too (the `e2e` baseline); `sections` times the loop's parts (bench/); `checkpoint` saves the
+    whole run every so many updates and continues a saved one (atari_pb.finetune.resume)."""
     check(cfg)
     a, t = cfg.agent, cfg.train
     device = pick_device(t.device, "train.device")
@@ -324,10 +338,14 @@ def train_rainbow(
     episodes = EpisodeTracker(n)
     # the released Far-OOD data generator's log of its training buffer; run = seed + 1 (seed 0 -> run 1)
     buffer_log = BufferLog(cfg.buffer_log, game, run=seed + 1) if cfg.buffer_log.dir else None
-    finished: list[tuple[float, int]] = []
-    steps = 0
+    run = _RunState(checkpoint, env, agent, replay, policy, episodes, learner, buffer_log)
+    obs, steps, finished = run.restore(obs)
     bar = tqdm(
-        total=t.env_steps, unit="step", desc=f"rainbow {game.name}", disable=None if progress else True
+        total=t.env_steps,
+        initial=steps,
+        unit="step",
+        desc=f"rainbow {game.name}",
+        disable=None if progress else True,
     )
     start = time.perf_counter()
     try:
@@ -355,8 +373,9 @@ def train_rainbow(
                     info["stack_reset"],
                 )
             if buffer_log is not None:  # one env; a lost life ends a logged episode, as the released `done`
-                done = ended[0] or info["lost_life"][0]
-                buffer_log.add(obs[0, -1], actions[0], np.sign(reward[0]), done, steps + n, t.learning_starts)
+                buffer_log.add_step(
+                    obs, actions, reward, ended | info["lost_life"], steps + n, t.learning_starts
+                )
             finished += [(ret, length) for _, ret, length in episodes.step(reward, ended)]
             obs = next_obs
             steps += n
@@ -365,6 +384,7 @@ def train_rainbow(
             if steps >= t.learning_starts and replay.tree.total > 0:
                 learner.learn(t.updates_per_step * n)
             bar.update(n)
+            run.maybe_save(obs, steps, finished)
             if steps % t.log_every < n:
                 recent = [r for r, _ in finished[-10:]]
                 bar.set_postfix(
@@ -385,6 +405,76 @@ def train_rainbow(
         metrics=learner.metrics,
         buffer_files=[str(f) for f in buffer_log.files] if buffer_log is not None else [],
     )
+
+
+class _RunState:
+    """Saves and restores everything a Rainbow run holds (agent, optimiser, replay, envs with their
+    emulators, exploration and replay generators, counters, the buffer log), so a resumed run continues
+    the interrupted one exactly. The replay's and the buffer log's frames are mirrored incrementally
+    (resume.FrameMirror): a checkpoint carries only the frames written since the previous one."""
+
+    def __init__(self, checkpoint, env, agent, replay, policy, episodes, learner, buffer_log):
+        if checkpoint is not None and not hasattr(env, "state_dict"):
+            log.warning("rainbow: this env cannot save its emulators' state (env: not the released one); "
+                        "the job runs without checkpoints")  # fmt: skip
+            checkpoint = None
+        self.checkpoint, self.env, self.agent, self.replay = checkpoint, env, agent, replay
+        self.policy, self.episodes, self.learner, self.buffer_log = policy, episodes, learner, buffer_log
+        if checkpoint is not None:
+            self.replay_frames = FrameMirror(checkpoint.dir, "replay_frames", replay.frame)
+            self.replay_written = replay.written.copy()
+            if buffer_log is not None:
+                self.log_frames = FrameMirror(checkpoint.dir, "buffer_log_frames", buffer_log.frames)
+                self.log_written = buffer_log.written
+
+    def restore(self, obs: np.ndarray) -> tuple[np.ndarray, int, list[tuple[float, int]]]:
+        state = self.checkpoint.load() if self.checkpoint is not None else None
+        if state is None:
+            if self.buffer_log is not None:
+                self.buffer_log.check_fresh()
+            return obs, 0, []
+        self.agent.load_checkpoint_state(state["agent"])
+        self.replay.load_state_dict(state["replay"])
+        self.replay_frames.restore(state["replay_frames"])
+        self.replay_written = self.replay.written.copy()
+        self.env.load_state_dict(state["env"])
+        self.policy.draws.load_state_dict(state["policy"])
+        self.episodes.load_state_dict(state["episodes"])
+        self.learner.updates, self.learner.metrics = int(state["updates"]), dict(state["metrics"])
+        if self.buffer_log is not None:
+            self.buffer_log.load_state_dict(state["buffer_log"])
+            self.log_frames.restore(state["buffer_log_frames"])
+            self.log_written = self.buffer_log.written
+        finished = [(float(r), int(n)) for r, n in state["finished"]]
+        return state["obs"].numpy(), int(state["steps"]), finished
+
+    def maybe_save(self, obs: np.ndarray, steps: int, finished: list[tuple[float, int]]) -> None:
+        if self.checkpoint is None or not self.checkpoint.due(self.learner.updates):
+            return
+        replay_delta = self.replay_frames.delta(self.replay.slots_written_since(self.replay_written))
+        state = {
+            "agent": self.agent.checkpoint_state(),
+            "replay": self.replay.state_dict(),
+            "replay_frames": replay_delta,
+            "env": self.env.state_dict(),
+            "policy": self.policy.draws.state_dict(),
+            "episodes": self.episodes.state_dict(),
+            "updates": self.learner.updates,
+            "metrics": dict(self.learner.metrics),
+            "finished": list(finished),
+            "obs": torch.from_numpy(obs.copy()),
+            "steps": steps,
+        }
+        if self.buffer_log is not None:
+            log_delta = self.log_frames.delta(self.buffer_log.slots_written_since(self.log_written))
+            state |= {"buffer_log": self.buffer_log.state_dict(), "buffer_log_frames": log_delta}
+        self.checkpoint.save(self.learner.updates, state)
+        # the checkpoint is on disk: now its frames go to the mirrors (re-applied on load after a kill here)
+        self.replay_frames.apply(replay_delta)
+        self.replay_written = self.replay.written.copy()
+        if self.buffer_log is not None:
+            self.log_frames.apply(log_delta)
+            self.log_written = self.buffer_log.written
 
 
 class _Learner:
@@ -418,6 +508,7 @@ class Rainbow(Protocol):
     """Online Rainbow in the game (Atari-PB's online RL protocol)."""
 
     name = "rainbow"
+    resumable = True
     Config = RainbowConfig
     can_save_agent = True
 
@@ -432,7 +523,14 @@ class Rainbow(Protocol):
     @staticmethod
     def train(cfg: RainbowConfig, task: FinetuneTask) -> FinetuneResult:
         r = train_rainbow(
-            task.game, task.encoder, cfg, task.seed, task.progress, task.train_backbone, task.sections
+            task.game,
+            task.encoder,
+            cfg,
+            task.seed,
+            task.progress,
+            task.train_backbone,
+            task.sections,
+            task.checkpoint,
         )
         return FinetuneResult(
             agent=r.agent,

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from atari_pb.core.state import arrays_from_state, arrays_state, generator_state, set_generator_state
+
 
 class SumTree:
     """A complete binary tree over `capacity` leaves whose inner nodes hold the sums of their children.
@@ -120,6 +122,38 @@ class PrioritizedReplay:
         self.written = np.zeros(num_envs, dtype=np.int64)  # slots ever written per ring
         self.new_episode = np.ones(num_envs, dtype=bool)  # the next slot starts a stack (an episode's or not)
         self.pending: list[list[int]] = [[] for _ in range(num_envs)]  # slots awaiting their future
+
+    # ------------------------------------------------------------------ checkpoints
+    STATE_ARRAYS = ("action", "reward", "terminal", "last", "first", "ends", "valid", "cursor", "written")
+
+    def state_dict(self) -> dict:
+        """Everything but the frames (see `slots_written_since`: a checkpoint carries only the new ones)."""
+        arrays = {k: getattr(self, k) for k in self.STATE_ARRAYS}
+        return {
+            "arrays": arrays_state({**arrays, "new_episode": self.new_episode, "tree": self.tree.nodes}),
+            "pending": [list(p) for p in self.pending],
+            "max_priority": self.max_priority,
+            "rng": generator_state(self.rng),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        arrays = arrays_from_state(state["arrays"])
+        for k in self.STATE_ARRAYS:
+            getattr(self, k)[:] = arrays[k]
+        self.new_episode[:] = arrays["new_episode"]
+        self.tree.nodes[:] = arrays["tree"]
+        self.pending = [list(p) for p in state["pending"]]
+        self.max_priority = float(state["max_priority"])
+        set_generator_state(self.rng, state["rng"])
+
+    def slots_written_since(self, written: np.ndarray) -> np.ndarray:
+        """The slots written since each ring's write count was `written` (at most the whole ring)."""
+        slots = []
+        for env in range(self.num_envs):
+            count = min(int(self.written[env] - written[env]), self.seg)
+            positions = np.arange(int(self.written[env]) - count, int(self.written[env]))
+            slots.append(self._slot(env, positions))
+        return np.concatenate(slots).astype(np.int64)
 
     def __len__(self) -> int:
         """The number of transitions that can be sampled now."""

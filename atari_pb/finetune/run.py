@@ -37,6 +37,7 @@ from atari_pb.finetune.base import (
     protocol_class,
     protocol_names,
 )
+from atari_pb.finetune.resume import JobCheckpoint
 from atari_pb.games import get_game
 from atari_pb.models.encoder import Encoder, ModelConfig, config_path, load_encoder
 
@@ -59,6 +60,9 @@ class Job:
     overrides: tuple[str, ...]
     eval_overrides: tuple[str, ...]
     save_agent: bool = False  # keep the trained agent (for `collect --policy eps-greedy:`)
+    checkpoints: str | None = None  # resumable protocols: <checkpoints>/<method>/<protocol>/<game>/seed<k>/
+    checkpoint_every: int = 0  # gradient updates between checkpoints; 0: none
+    keep_checkpoint: bool = False  # keep the last checkpoint once the record is written
 
 
 def baselines(protocol: str) -> tuple[str, ...]:
@@ -142,7 +146,10 @@ def run_job(job: Job) -> Path:
     encoder, digest, train_backbone = build_encoder(job)
     baseline = job.encoder if job.encoder in baselines(job.protocol) else ""
     data = Path(job.data) if job.data else None
-    task = FinetuneTask(game, encoder, job.seed, train_backbone, data, baseline=baseline)
+    checkpoint = job_checkpoint(job, protocol, cfg, digest, train_backbone)
+    task = FinetuneTask(
+        game, encoder, job.seed, train_backbone, data, baseline=baseline, checkpoint=checkpoint
+    )
     result = protocol.train(cfg, task)
     if job.save_agent:
         path = agent_path(Path(job.results), job.method, job.protocol, game.name, job.seed)
@@ -172,6 +179,8 @@ def run_job(job: Job) -> Path:
         episode_scores=episode_scores,
     )
     path = write_record(Path(job.results), record)
+    if checkpoint is not None and not job.keep_checkpoint:
+        checkpoint.remove()  # the record is written: nothing left to resume
     log.info(
         "%s %s %s seed %d: score %.3f over %d episodes -> %s",
         job.method,
@@ -183,6 +192,21 @@ def run_job(job: Job) -> Path:
         path,
     )
     return path
+
+
+def job_checkpoint(
+    job: Job, protocol: type[Protocol], cfg, digest: str, train_backbone: bool
+) -> JobCheckpoint | None:
+    """The job's checkpoint, for resumable protocols when checkpoints are asked for. Its identity is what
+    the job computes from: another encoder, game, seed or protocol setting is another job."""
+    if not (protocol.resumable and job.checkpoints and job.checkpoint_every > 0):
+        return None
+    directory = Path(job.checkpoints) / job.method / job.protocol / job.game / f"seed{job.seed}"
+    what = {"method": job.method, "encoder_sha256": digest, "preset": job.preset, "game": job.game,
+            "seed": job.seed, "train_backbone": train_backbone, "data": job.data}  # fmt: skip
+    return JobCheckpoint(
+        directory, f"finetune-{job.protocol}", {"job": what, "protocol": asdict(cfg)}, job.checkpoint_every
+    )
 
 
 def check_frames(encoder: str, protocol: type[Protocol], cfg, ev, data_frames: int | None) -> None:
