@@ -28,8 +28,8 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/python -c "import timm, torch, torchvision, rliable, ale_py, h5py"
+	$(BIN)/pip install --quiet -e '.[dev,ray]'
+	$(BIN)/python -c "import timm, torch, torchvision, rliable, ale_py, h5py, ray"
 	touch $@
 
 test: setup
@@ -77,10 +77,21 @@ pretrain: setup
 export: setup
 	$(BIN)/atari-pb export-encoder $(RUN) --out $(RUN)/encoder.safetensors
 
-# Fine-tuning: ENCODER=path|random|e2e on every game and seed of SPLIT; finished records are kept
+# Fine-tuning: ENCODER=path|random|e2e on every game and seed of SPLIT; finished records are kept, a killed
+# job continues from its checkpoint. BACKEND=ray runs every job as a Ray task (README: scaling out):
+#   make finetune BACKEND=ray ADDRESS=10.0.0.1:6379 GPUS_PER_JOB=0.5 CHECKPOINTS=/shared/checkpoints
+BACKEND      ?= local
+ADDRESS      ?=
+CPUS_PER_JOB ?= 1
+GPUS_PER_JOB ?= 0
+CHECKPOINTS  ?=
+BACKEND_ARGS = $(if $(filter ray,$(BACKEND)),--backend ray $(if $(ADDRESS),--address $(ADDRESS),) \
+               --cpus-per-job $(CPUS_PER_JOB) --gpus-per-job $(GPUS_PER_JOB),--workers $(WORKERS)) \
+               $(if $(CHECKPOINTS),--checkpoints $(CHECKPOINTS),)
 finetune: setup
+	$(if $(filter local ray,$(BACKEND)),,$(error BACKEND=$(BACKEND): valid: local, ray))
 	$(BIN)/atari-pb finetune --protocol $(PROTOCOL) --encoder $(ENCODER) --split $(SPLIT) --results $(RESULTS) \
-	    $(if $(filter offline_bc,$(PROTOCOL)),--data $(FT_DATA),) --workers $(WORKERS) $(ARGS)
+	    $(if $(filter offline_bc,$(PROTOCOL)),--data $(FT_DATA),) $(BACKEND_ARGS) $(ARGS)
 
 # AtariARI linear probes (finetune/probe.yaml): ENCODER=path|random|pixels|e2e on the annotated games of SPLIT,
 # scored by mean F1 on the probe data's test split; PROBE_DATA from `make probe-data PROBE_DATASET=probes`
@@ -108,8 +119,9 @@ FAR_OOD_NATURE  ?= --preset nature train.env_steps=2000000 train.learning_starts
 FAR_OOD_POLICY  ?= --save-agent train.env_steps=2000000
 far-ood-agents: setup
 	$(if $(filter released policy,$(FAR_OOD_WAY)),,$(error FAR_OOD_WAY=$(FAR_OOD_WAY): valid: released, policy))
+	$(if $(filter local ray,$(BACKEND)),,$(error BACKEND=$(BACKEND): valid: local, ray))
 	$(BIN)/atari-pb finetune --protocol rainbow --encoder e2e --split far_ood --seeds 0 \
-	    --workers $(WORKERS) $(if $(filter released,$(FAR_OOD_WAY)),--results $(FAR_OOD_NATURE_RUNS) \
+	    $(BACKEND_ARGS) $(if $(filter released,$(FAR_OOD_WAY)),--results $(FAR_OOD_NATURE_RUNS) \
 	    $(FAR_OOD_NATURE),--results $(FAR_OOD_AGENTS) $(FAR_OOD_POLICY)) $(ARGS)
 
 # The pipeline on the small embedded default (datasets/demo.yaml: three ID games, one Near-OOD, one Far-OOD,

@@ -325,7 +325,21 @@ def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
         )
         for job in jobs
     ]
-    written, errors = finetune(jobs, args.workers)
+    if args.backend == "ray":
+        from atari_pb.finetune.ray_backend import RayOptions, finetune_on_ray
+
+        if args.cpus_per_job <= 0 or args.gpus_per_job < 0 or args.max_retries < 0:
+            raise UsageError("--cpus-per-job must be > 0, --gpus-per-job and --max-retries >= 0")
+        options = RayOptions(
+            args.address,
+            args.cpus_per_job,
+            args.gpus_per_job,
+            args.max_retries,
+            logging.getLevelName(log.getEffectiveLevel()),
+        )
+        written, errors = finetune_on_ray(jobs, options)
+    else:
+        written, errors = finetune(jobs, args.workers)
     for line in errors:
         print(f"atari-pb: error: {line}", file=sys.stderr)
     log.info(
@@ -507,6 +521,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-checkpoints",
         action="store_true",
         help="keep each job's last checkpoint once its record is written",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: a process pool of --workers on this machine (default); ray: every job a Ray task "
+        "(pip install 'atari-pb[ray]'; README: scaling out)",
+    )
+    p.add_argument(
+        "--address", help="--backend ray: the cluster's address (default: start Ray on this machine)"
+    )
+    p.add_argument("--cpus-per-job", type=float, default=1.0, help="--backend ray: CPUs each job declares")
+    p.add_argument(
+        "--gpus-per-job",
+        type=float,
+        default=0.0,
+        help="--backend ray: GPUs each job declares (0.5: two per GPU)",
+    )
+    p.add_argument(
+        "--max-retries", type=int, default=3, help="--backend ray: re-runs of a job whose worker or node died"
     )
     p.set_defaults(func=cmd_finetune)
 

@@ -29,8 +29,6 @@ from __future__ import annotations
 import atari_pb  # noqa: F401  (first: it sets OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP)
 
 # isort: split
-import argparse
-import json
 import multiprocessing
 import os
 import time
@@ -39,9 +37,18 @@ from pathlib import Path
 
 import torch
 
-from bench.harness import OUT, log, machine
+from bench.harness import OUT, Goal, Opt, Spec, Table, log
 
 GOAL_SECONDS = 600.0  # tiny, every annotated game, 20,000 frames each, 2 cores
+GOAL_FRAMES = 20_000  # frames per game of the goal's evaluation
+PARTS = ("load", "features", "fit", "rest")  # the protocol's Sections, plus what they leave out
+PART_NAMES = {
+    "load": "loading and filtering",
+    "features": "computing features",
+    "fit": "probe fitting",
+    "rest": "the rest",
+}
+FORWARD_BATCHES = (64, 256)  # AtariARI's probe batch (features recomputed per batch); the protocol's
 
 
 def probe_data(frames: int, games: list[str]) -> Path:
@@ -84,12 +91,12 @@ def run_game(preset: str, data: Path, game: str, overrides: list[str] = ()) -> d
         "cpu_seconds": cpu,  # every thread's CPU time: about `threads` x the wall time when nothing competes
         **{f"{k}_s": parts.get(k, 0.0) for k in ("load", "features", "fit")},
         "rest_s": total - sum(parts.values()),
-        "frames": s["frames"],
+        "frames": {k: int(n) for k, n in s["frames"].items()},
         "variables": len(s["variables"]),
-        "epochs": {v: x["epochs"] for v, x in s["variables"].items()},
-        "steps": result.gradient_steps,
-        "mean_f1": s["mean_f1"],
-        "feature_dim": s["feature_dim"],
+        "epochs": {v: int(x["epochs"]) for v, x in s["variables"].items()},
+        "steps": int(result.gradient_steps),
+        "mean_f1": float(s["mean_f1"]),
+        "feature_dim": int(s["feature_dim"]),
     }
 
 
@@ -119,19 +126,6 @@ def summarize(rows: list[dict]) -> dict:
     return {k: float(sum(r[k] for r in rows)) for k in keys} | {"games": len(rows)}
 
 
-def table(rows: list[dict]) -> str:
-    head = f"{'game':<18}{'frames':>8}{'vars':>6}{'total s':>9}{'load':>7}{'feat':>7}{'fit':>7}{'epochs':>8}{'F1':>7}"
-    lines = [head]
-    for r in rows:
-        n = sum(r["frames"].values())
-        epochs = max(r["epochs"].values())
-        lines.append(
-            f"{r['game']:<18}{n:>8}{r['variables']:>6}{r['seconds']:>9.1f}{r['load_s']:>7.1f}"
-            f"{r['features_s']:>7.1f}{r['fit_s']:>7.1f}{epochs:>8}{r['mean_f1']:>7.3f}"
-        )
-    return "\n".join(lines)
-
-
 def run_games(
     preset: str, data: Path, games: list[str], workers: int, threads: int
 ) -> tuple[list[dict], float]:
@@ -145,121 +139,393 @@ def run_games(
     return rows, time.perf_counter() - t0
 
 
-def options() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="3 games, 2,000 frames, short scaling: a smoke run")
-    p.add_argument("--workers", type=int, default=2, help="processes sharing the games (the goal: 2 cores)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads of each worker")
-    p.add_argument("--frames", type=int, default=20_000, help="frames per game of the whole evaluation")
-    p.add_argument("--games", nargs="+", default=None, help="default: every annotated game")
-    p.add_argument("--r50-games", nargs="+", default=["pong"], help="games resnet50 runs in full on")
-    p.add_argument("--r50-frames", type=int, default=2_000, help="their frames per game")
-    p.add_argument("--scale-game", default="breakout")
-    p.add_argument("--scale-frames", nargs="+", type=int, default=[2_500, 5_000, 10_000, 20_000])
-    args = p.parse_args()
-    if args.quick:
-        args.frames, args.games, args.r50_frames = 2_000, ["boxing", "breakout", "pong"], 1_000
-        args.scale_frames = [1_000, 2_000]
-    return args
-
-
-def main() -> None:
+def measure(o) -> dict:
     from atari_pb.probes.annotations import annotated_games
 
-    args = options()
-    games = args.games or annotated_games()
-    torch.set_num_threads(args.threads)
-    record: dict = {"options": vars(args), "machine": machine(), "load_average": os.getloadavg()}
-    t_start = time.perf_counter()
+    games = o.games or annotated_games()
+    torch.set_num_threads(o.threads)
+    load_average = list(os.getloadavg())
 
-    data = probe_data(args.frames, games)
-    log(f"tiny on {len(games)} games x {args.frames} frames, {args.workers} workers x {args.threads} threads")
-    tiny, wall = run_games("tiny", data, games, args.workers, args.threads)
-    print(table(tiny), flush=True)
-    record["tiny"] = {"games": tiny, "total": summarize(tiny), "wall_s": wall}
+    # 1. tiny, every game through the workers
+    data = probe_data(o.frames, games)
+    log(f"tiny on {len(games)} games x {o.frames} frames, {o.workers} workers x {o.threads} threads")
+    tiny_rows, wall = run_games("tiny", data, games, o.workers, o.threads)
+    tiny = {"games": tiny_rows, "total": summarize(tiny_rows), "wall_s": wall}
+    log(f"tiny: {wall:.0f} s wall")
 
+    # 2 and 3. forward rates: one process at `threads` threads, i.e. one worker's rate
+    log("forward rates")
     rates = {
-        p_: {b: forward_rate(p_, 512 if p_ == "tiny" else 128, b) for b in (64, 256)}
-        for p_ in ("tiny", "resnet50")
-    }  # one process at `threads` threads: a worker's rate
-    record["forward_frames_per_s"] = rates
-    recompute = sum(recompute_estimate(r, rates["tiny"][64]) for r in tiny)
-    record["tiny"]["recomputed_features_s"] = float(recompute) / args.workers
-
-    r50_data = probe_data(args.r50_frames, args.r50_games)
-    log(f"resnet50 on {args.r50_games} x {args.r50_frames} frames")
-    r50 = [run_game("resnet50", r50_data, g) for g in args.r50_games]
-    print(table(r50), flush=True)
-    total_frames = sum(sum(r["frames"].values()) for r in tiny)
-    fit_per_frame = sum(r["fit_s"] / r["frames"]["train"] for r in r50) / len(r50)
-    serial = (
-        total_frames / rates["resnet50"][256]  # features
-        + record["tiny"]["total"]["load_s"]
-        + fit_per_frame * sum(r["frames"]["train"] for r in tiny)
+        preset: {
+            f"batch_{b}": forward_rate(preset, 512 if preset == "tiny" else 128, b) for b in FORWARD_BATCHES
+        }
+        for preset in ("tiny", "resnet50")
+    }
+    tiny["recomputed_features_s"] = (
+        sum(recompute_estimate(r, rates["tiny"]["batch_64"]) for r in tiny_rows) / o.workers
     )
-    record["resnet50"] = {
-        "games": r50,
-        "extrapolated_s": serial / args.workers,  # at --frames, the games shared by the workers
-        "extrapolated_20000_s": serial / args.workers * 20_000 / args.frames,  # linear in frames (see 4)
-        "recomputed_features_s": float(sum(recompute_estimate(r, rates["resnet50"][64]) for r in tiny))
-        / args.workers,
+
+    # 2. resnet50 in full on a few games, then the whole evaluation extrapolated from tiny's frames
+    r50_data = probe_data(o.r50_frames, o.r50_games)
+    log(f"resnet50 on {o.r50_games} x {o.r50_frames} frames")
+    r50_rows = [run_game("resnet50", r50_data, g) for g in o.r50_games]
+    total_frames = sum(sum(r["frames"].values()) for r in tiny_rows)
+    fit_per_train_frame = sum(r["fit_s"] / r["frames"]["train"] for r in r50_rows) / len(r50_rows)
+    serial = {  # one process, every game at --frames
+        "features_s": total_frames / rates["resnet50"]["batch_256"],
+        "load_s": tiny["total"]["load_s"],  # loading and filtering do not depend on the encoder
+        "fit_s": fit_per_train_frame * sum(r["frames"]["train"] for r in tiny_rows),
+    }
+    extrapolated = sum(serial.values()) / o.workers  # at --frames, the games shared by the workers
+    resnet50 = {
+        "games": r50_rows,
+        "serial_parts_s": serial,
+        "extrapolated_s": extrapolated,
+        "extrapolated_20000_s": extrapolated * GOAL_FRAMES / o.frames,  # linear in frames (see 4)
+        "recomputed_features_s": sum(recompute_estimate(r, rates["resnet50"]["batch_64"]) for r in tiny_rows)
+        / o.workers,
     }
 
-    scale = []
-    for n in args.scale_frames:
-        row = run_game("tiny", probe_data(n, [args.scale_game]), args.scale_game)
-        scale.append({"frames_per_game": n, **row})
-    print(table(scale), flush=True)
-    record["scaling"] = scale
-    by_frames = {r["frames_per_game"]: r["seconds"] for r in scale}
-    if 20_000 in by_frames and args.frames in by_frames and args.frames != 20_000:
-        ratio = by_frames[20_000] / by_frames[args.frames]  # the scaling game's time ratio
-        record["tiny"]["extrapolated_20000_s"] = wall * ratio
-    record["seconds"] = time.perf_counter() - t_start
-    report(record)
-    path = OUT / ("probe.quick.json" if args.quick else "probe.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1, default=float) + "\n")
-    log(f"wrote {path}")
-
-
-def report(record: dict) -> None:
-    t, rates, o = record["tiny"], record["forward_frames_per_s"], record["options"]
-    total = t["total"]
-    print(
-        f"\ntiny, {total['games']} games x {o['frames']} frames, {o['workers']} workers x {o['threads']} "
-        f"threads: {t['wall_s']:.0f} s wall; summed over games {total['seconds']:.0f} s (load {total['load_s']:.0f}, "
-        f"features {total['features_s']:.0f}, fit {total['fit_s']:.0f}, rest {total['rest_s']:.0f}), CPU "
-        f"{total['cpu_seconds']:.0f} s; load average {record['load_average'][0]:.1f} at the start"
-    )
-    at_20k = t.get("extrapolated_20000_s", t["wall_s"] if o["frames"] == 20_000 else None)
-    if "extrapolated_20000_s" in t:
-        print(f"tiny at 20,000 frames/game (scaled by the scaling run): {at_20k:.0f} s")
-    if at_20k is not None:
-        print(
-            f"goal: under {GOAL_SECONDS:.0f} s at 20,000 frames/game: {'met' if at_20k < GOAL_SECONDS else 'not met'}"
+    # 4. scaling: tiny on one game at several frames per game, one process
+    scaling = []
+    for n in o.scale_frames:
+        log(f"scaling: tiny on {o.scale_game} x {n} frames")
+        scaling.append(
+            {"frames_per_game": n, **run_game("tiny", probe_data(n, [o.scale_game]), o.scale_game)}
         )
-    print(
-        f"features recomputed per variable (AtariARI's loop), features alone, wall on the workers: tiny "
-        f"{t['recomputed_features_s'] / 3600:.1f} h against {total['features_s'] / o['workers']:.0f} s cached; "
-        f"resnet50 {record['resnet50']['recomputed_features_s'] / 3600:.0f} h"
-    )
-    print(
-        "forward rates of one worker (frames/s, batch 64 / 256): "
-        + ", ".join(f"{p} {r[64]:.0f} / {r[256]:.0f}" for p, r in rates.items())
-    )
-    r50 = record["resnet50"]
-    print(
-        f"resnet50, every game, extrapolated: {r50['extrapolated_s'] / 3600:.2f} h at "
-        f"{o['frames']} frames/game, {r50['extrapolated_20000_s'] / 3600:.2f} h at 20,000"
-    )
-    print(
-        "scaling (tiny, "
-        + record["scaling"][0]["game"]
-        + ", one process): "
-        + ", ".join(f"{r['frames_per_game']}: {r['seconds']:.1f} s" for r in record["scaling"])
-    )
+    by_frames = {r["frames_per_game"]: r["seconds"] for r in scaling}
+    if o.frames == GOAL_FRAMES:
+        at_goal_frames, basis = wall, "measured"
+    elif GOAL_FRAMES in by_frames and o.frames in by_frames:
+        # the whole evaluation scaled by the scaling game's time ratio between the two sizes
+        at_goal_frames, basis = wall * by_frames[GOAL_FRAMES] / by_frames[o.frames], "scaling run"
+        tiny["extrapolated_20000_s"] = at_goal_frames
+    else:
+        at_goal_frames, basis = None, None
 
+    # features of the whole evaluation, wall on the workers: tiny's measured, resnet50's from its forward rate
+    cached = {"tiny": tiny["total"]["features_s"] / o.workers, "resnet50": serial["features_s"] / o.workers}
+    recomputed = {"tiny": tiny["recomputed_features_s"], "resnet50": resnet50["recomputed_features_s"]}
+    return {
+        "games": games,
+        "load_average_start": load_average,
+        "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "tiny": tiny,
+        "forward_frames_per_s": rates,
+        "resnet50": resnet50,
+        "scaling": scaling,
+        "features_cached_s": cached,
+        "features_recomputed_s": recomputed,
+        # headline and goal values
+        "tiny_wall_s": wall,
+        "tiny_wall_20000_s": at_goal_frames,
+        "tiny_wall_20000_basis": basis,
+        "recomputed_over_cached_tiny": recomputed["tiny"] / cached["tiny"],
+        "recomputed_over_cached_resnet50": recomputed["resnet50"] / cached["resnet50"],
+        "resnet50_extrapolated_20000_h": resnet50["extrapolated_20000_s"] / 3600,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ report
+def game_row(r: dict) -> list:
+    f = r["frames"]
+    return [
+        r["game"],
+        f["train"],
+        f["val"],
+        f["test"],
+        r["variables"],
+        max(r["epochs"].values()),
+        r["seconds"],
+        r["load_s"],
+        r["features_s"],
+        r["fit_s"],
+        r["mean_f1"],
+    ]
+
+
+GAME_HEADERS = [
+    "game",
+    "train frames",
+    "val frames",
+    "test frames",
+    "variables",
+    "epochs (max)",
+    "s",
+    "load s",
+    "features s",
+    "fit s",
+    "mean F1",
+]
+
+
+def games_label(v: dict, o) -> str:
+    return "every annotated game" if o.games is None else ", ".join(v["games"])
+
+
+def setup(v: dict, o) -> list[str]:
+    la = v["load_average_start"][0]
+    return [
+        f"The `probe` protocol (finetune/probe.yaml's defaults: AtariARI's filters, batch 64, up to 100 epochs, "
+        f"early stopping with patience 15), one seed, CPU, on real probe data collected here "
+        f"(bench/out/probe_data_<frames>); encoders with random weights (the cost does not depend on them, the "
+        f"epochs the probes train before stopping do). Games: {games_label(v, o)} ({len(v['games'])}), "
+        f"{o.frames:,} frames per game.",
+        f"tiny's games are shared the way `atari-pb finetune --workers {o.workers}` shares them: {o.workers} spawned "
+        f"worker processes of {o.threads} torch thread(s) each, OMP_WAIT_POLICY={v['omp_wait_policy']}; each game "
+        f"is timed by the protocol's own Sections hook (load + filtering, features, fit, the rest). Load average "
+        f"{la:.1f} at the start.",
+        f"resnet50 runs the protocol in full on {', '.join(o.r50_games)} at {o.r50_frames:,} frames per game (one "
+        "process); its whole evaluation is extrapolated from tiny's frames: features at resnet50's batch-256 "
+        "forward rate, tiny's load time, and resnet50's fit seconds per train frame. Forward rates: the frozen "
+        f"backbone plus pooling on random uint8 stacks, one process at {o.threads} thread(s) (one worker's rate).",
+        "Features recomputed per variable (AtariARI's ProbeTrainer runs the encoder on every batch of every "
+        "variable's every epoch) are estimated from tiny's runs: per variable, its epochs x (train + val frames) "
+        "at the batch-64 forward rate; cached is the protocol's one forward per frame. Both are wall time on "
+        f"the {o.workers} workers.",
+        f"Scaling: tiny on {o.scale_game} at {', '.join(f'{n:,}' for n in o.scale_frames)} frames per game, one "
+        "process.",
+    ]
+
+
+def tables(v: dict, o) -> list[Table]:
+    tiny, r50, rates = v["tiny"], v["resnet50"], v["forward_frames_per_s"]
+    total, rows = tiny["total"], tiny["games"]
+    summed = [
+        "total (summed over games)",
+        *(sum(r["frames"][k] for r in rows) for k in ("train", "val", "test")),
+        sum(r["variables"] for r in rows),
+        "-",
+        total["seconds"],
+        total["load_s"],
+        total["features_s"],
+        total["fit_s"],
+        sum(r["mean_f1"] for r in rows) / len(rows),
+    ]
+    through = [
+        f"wall time, {o.workers} workers x {o.threads} thread(s)",
+        *["-"] * 5,
+        tiny["wall_s"],
+        *["-"] * 4,
+    ]
+    out = [
+        Table(
+            f"tiny: the probe evaluation, {len(rows)} games x {o.frames:,} frames per game (total mean F1: the mean "
+            "over games)",
+            GAME_HEADERS,
+            [game_row(r) for r in rows] + [summed, through],
+        )
+    ]
+    parts = r50["serial_parts_s"]
+    r50_rows = [game_row(r) for r in r50["games"]]
+    r50_rows.append(
+        [
+            f"every game at {o.frames:,} frames, extrapolated ({o.workers} workers)",
+            *["-"] * 5,
+            r50["extrapolated_s"],
+            *(parts[k] / o.workers for k in ("load_s", "features_s", "fit_s")),
+            "-",
+        ]
+    )
+    if o.frames != GOAL_FRAMES:
+        r50_rows.append(
+            [
+                f"every game at {GOAL_FRAMES:,} frames, linear in frames",
+                *["-"] * 5,
+                r50["extrapolated_20000_s"],
+                *["-"] * 4,
+            ]
+        )
+    out.append(
+        Table(
+            f"resnet50: the probe evaluation at {o.r50_frames:,} frames per game (one process), and extrapolated",
+            GAME_HEADERS,
+            r50_rows,
+        )
+    )
+    dims = {r["preset"]: r["feature_dim"] for r in rows[:1] + r50["games"][:1]}
+    out.append(
+        Table(
+            f"Forward rates of the frozen backbone + pooling, one process at {o.threads} thread(s)",
+            ["preset", "feature dim", "frames/s, batch 64", "frames/s, batch 256"],
+            [[p, dims.get(p, "-"), x["batch_64"], x["batch_256"]] for p, x in rates.items()],
+        )
+    )
+    cached, recomputed = v["features_cached_s"], v["features_recomputed_s"]
+    source = {"tiny": "measured", "resnet50": "forward rate"}
+    out.append(
+        Table(
+            f"Features of the whole evaluation, wall on {o.workers} workers: cached (the protocol) vs recomputed per "
+            "variable (AtariARI's loop, estimated)",
+            ["preset", "cached s", "cached from", "recomputed s", "recomputed h", "recomputed / cached"],
+            [
+                [p, cached[p], source[p], recomputed[p], recomputed[p] / 3600, recomputed[p] / cached[p]]
+                for p in cached
+            ],
+        )
+    )
+    out.append(
+        Table(
+            f"Scaling: tiny on {o.scale_game}, one process",
+            [
+                "frames per game",
+                "train frames",
+                "variables",
+                "epochs (max)",
+                "s",
+                "load s",
+                "features s",
+                "fit s",
+            ],
+            [
+                [
+                    r["frames_per_game"],
+                    r["frames"]["train"],
+                    r["variables"],
+                    max(r["epochs"].values()),
+                    r["seconds"],
+                    r["load_s"],
+                    r["features_s"],
+                    r["fit_s"],
+                ]
+                for r in v["scaling"]
+            ],
+        )
+    )
+    return out
+
+
+def duration(seconds: float) -> str:
+    """Seconds in the unit a reader compares them in: s, min, h or days."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def interpret(v: dict, o, m: dict) -> list[str]:
+    tiny, r50, rates = v["tiny"], v["resnet50"], v["forward_frames_per_s"]
+    total, rows, wall = tiny["total"], tiny["games"], tiny["wall_s"]
+    shares = {k: total[f"{k}_s"] / total["seconds"] for k in PARTS}
+    largest = max(shares, key=shares.get)
+    others = ", ".join(f"{PART_NAMES[k]} {shares[k]:.0%}" for k in PARTS if k != largest)
+    verb = "dominates" if shares[largest] >= 0.5 else "is the largest part"
+    longest = max(rows, key=lambda r: r["seconds"])
+    lines = [
+        f"{PART_NAMES[largest].capitalize()} {verb}: {shares[largest]:.0%} of tiny's summed game time ({others}). "
+        f"The {len(rows)} games take {total['seconds']:.0f} s one after another and {wall:.0f} s wall on "
+        f"{o.workers} workers, which were busy {total['seconds'] / (o.workers * wall):.0%} of that wall time; the "
+        f"longest game, {longest['game']} ({longest['variables']} variables, up to "
+        f"{max(longest['epochs'].values())} epochs), takes {longest['seconds']:.0f} s alone.",
+    ]
+    cpu_share = total["cpu_seconds"] / total["seconds"]
+    if cpu_share < 0.9 * o.threads:
+        lines.append(
+            f"The games' CPU time is {cpu_share:.0%} of their wall time at {o.threads} thread(s) each: the workers "
+            f"spent the rest waiting, for cores that other work held (load average {v['load_average_start'][0]:.1f} "
+            "at the start) or for the disk, so these wall times are above an idle machine's."
+        )
+    at_goal, basis = v["tiny_wall_20000_s"], v["tiny_wall_20000_basis"]
+    if basis == "scaling run":
+        met = "under" if at_goal < GOAL_SECONDS else "over"
+        lines.append(
+            f"Scaled to {GOAL_FRAMES:,} frames per game by the scaling run's time ratio, tiny's evaluation would take "
+            f"{duration(at_goal)} wall, {met} the {GOAL_SECONDS:.0f} s goal."
+        )
+    ratio_tiny, ratio_r50 = v["recomputed_over_cached_tiny"], v["recomputed_over_cached_resnet50"]
+    cached, recomputed = v["features_cached_s"], v["features_recomputed_s"]
+    lines.append(
+        f"Features cached are {ratio_tiny:,.0f}x faster than recomputed per variable for tiny "
+        f"({duration(cached['tiny'])} against an estimated {duration(recomputed['tiny'])} on the workers) and "
+        f"{ratio_r50:,.0f}x for resnet50 ({duration(cached['resnet50'])} against {duration(recomputed['resnet50'])}): "
+        "the protocol runs the "
+        "encoder once per frame, AtariARI's loop once per frame per epoch per variable."
+    )
+    r50_rate, tiny_rate = rates["resnet50"]["batch_256"], rates["tiny"]["batch_256"]
+    parts = r50["serial_parts_s"]
+    feature_share = parts["features_s"] / sum(parts.values())
+    hours = duration(r50["extrapolated_s"])
+    if o.frames != GOAL_FRAMES:
+        hours += (
+            f" at {o.frames:,} frames per game ({duration(r50['extrapolated_20000_s'])} at {GOAL_FRAMES:,})"
+        )
+    lines.append(
+        f"resnet50's full evaluation extrapolates to {hours} on these {m['cores']} cores ({o.workers} workers), "
+        f"{r50['extrapolated_s'] / wall:.0f}x tiny's: its forward runs at {r50_rate:.1f} frames/s against tiny's "
+        f"{tiny_rate:,.0f} ({tiny_rate / r50_rate:.0f}x slower), and features are {feature_share:.0%} of its time."
+    )
+    scale = v["scaling"]
+    if len(scale) >= 2:
+        a, b = scale[0], scale[-1]
+        frames_x = b["frames_per_game"] / a["frames_per_game"]
+        time_x, features_x, fit_x = (b[k] / a[k] for k in ("seconds", "features_s", "fit_s"))
+        if time_x > 1.15 * frames_x:
+            shape = "faster than linear"
+        elif time_x < frames_x / 1.15:
+            shape = "slower than linear"
+        else:
+            shape = "about linear"
+        lines.append(
+            f"From {a['frames_per_game']:,} to {b['frames_per_game']:,} frames per game ({frames_x:.0f}x) "
+            f"{o.scale_game}'s time grows {time_x:.1f}x, {shape}: features {features_x:.1f}x, fit {fit_x:.1f}x "
+            f"(epochs up to {max(a['epochs'].values())} and {max(b['epochs'].values())}: a larger train split "
+            "is more batches per epoch, and its probes may train longer)."
+        )
+    return lines
+
+
+SPEC = Spec(
+    name="probe",
+    title="Probe evaluation: AtariARI's linear probes on CPU cores",
+    doc=__doc__,
+    measures="wall time of one encoder's whole `probe` evaluation (AtariARI's linear probes on every annotated "
+    "game), tiny preset through `--workers` processes, split by the protocol's sections (load, features, fit); "
+    "resnet50 on a few games and extrapolated; scaling with frames per game.",
+    baseline="features recomputed per variable, as AtariARI's ProbeTrainer does (estimated from the same run's "
+    "epochs and forward rates), against the protocol's features cached once per frame.",
+    measure=measure,
+    setup=setup,
+    tables=tables,
+    interpret=interpret,
+    options={
+        "workers": Opt(2, None, "processes sharing the games (the goal: 2 cores)"),
+        "threads": Opt(1, None, "torch threads of each worker"),
+        "frames": Opt(20_000, 2_000, "frames per game of the whole evaluation"),
+        "games": Opt(
+            None,
+            ["boxing", "breakout", "pong"],
+            "games of tiny's evaluation (default: every annotated game)",
+            str,
+            "+",
+        ),
+        "r50_games": Opt(["pong"], None, "games resnet50 runs in full on"),
+        "r50_frames": Opt(2_000, 1_000, "their frames per game"),
+        "scale_game": Opt("breakout", None, "the game of the scaling rows"),
+        "scale_frames": Opt(
+            [2_500, 5_000, 10_000, 20_000], [1_000, 2_000], "frames per game of the scaling rows"
+        ),
+    },
+    goals=[
+        Goal(
+            "tiny's whole probe evaluation wall time ({frames:,} frames per game, {workers} workers x {threads} "
+            "thread(s))",
+            f"tiny_wall_s < {GOAL_SECONDS:g}",
+            unit=" s",
+        )
+    ],
+    headlines=[
+        ("features recomputed per variable / cached (tiny)", "recomputed_over_cached_tiny", "x"),
+        (
+            "resnet50 whole evaluation at 20,000 frames per game, extrapolated",
+            "resnet50_extrapolated_20000_h",
+            " h",
+        ),
+    ],
+)
 
 if __name__ == "__main__":
-    main()
+    SPEC.main()

@@ -28,40 +28,15 @@ from atari_pb.games import get_game
 from atari_pb.models.encoder import Encoder, ModelConfig
 from tests.conftest import one_error_line, run_cli
 
-BC = [
-    "--protocol",
-    "offline_bc",
-    "--encoder",
-    "random",
-    "--preset",
-    "tiny",
-    "--split",
-    "id",
-    "--games",
-    "breakout",
-]
-BC += ["--seeds", "0", "--episodes", "1", "--eval-envs", "1", "eval.env.horizon=100"]
-BC += ["train.max_steps=300", "train.batch_size=16", "train.loader_threads=0"]
-RAINBOW = [
-    "--protocol",
-    "rainbow",
-    "--encoder",
-    "random",
-    "--preset",
-    "tiny",
-    "--split",
-    "id",
-    "--games",
-    "breakout",
-]
-RAINBOW += ["--seeds", "0", "--episodes", "1", "--eval-envs", "1", "eval.env.horizon=100", "--save-agent"]
-RAINBOW += [
-    "train.env_steps=900",
-    "train.learning_starts=100",
-    "train.updates_per_step=1",
-    "train.batch_size=8",
-]
-RAINBOW += ["train.eps_decay_steps=200", "replay.capacity=600", "agent.n_step=3"]
+BC = (
+    "--protocol offline_bc --encoder random --preset tiny --split id --games breakout --seeds 0 --episodes 1 "
+    "--eval-envs 1 eval.env.horizon=100 train.max_steps=300 train.batch_size=16 train.loader_threads=0"
+).split()
+RAINBOW = (
+    "--protocol rainbow --encoder random --preset tiny --split id --games breakout --seeds 0 --episodes 1 "
+    "--eval-envs 1 eval.env.horizon=100 --save-agent train.env_steps=900 train.learning_starts=100 "
+    "train.updates_per_step=1 train.batch_size=8 train.eps_decay_steps=200 replay.capacity=600 agent.n_step=3"
+).split()
 
 
 def cli(args: list, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -384,7 +384,8 @@ def train_rainbow(
             if steps >= t.learning_starts and replay.tree.total > 0:
                 learner.learn(t.updates_per_step * n)
             bar.update(n)
-            run.maybe_save(obs, steps, finished)
+            with sections("checkpoint"):
+                run.maybe_save(obs, steps, finished)
             if steps % t.log_every < n:
                 recent = [r for r, _ in finished[-10:]]
                 bar.set_postfix(

@@ -73,11 +73,7 @@ class JobCheckpoint:
         self.last = step
 
     def remove(self) -> None:
-        """Delete the checkpoint and its mirrors; files set aside as corrupt stay (and so does the folder)."""
-        for path in [self.path, *self.dir.glob("*.u8")]:
-            path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # not empty: something set aside is kept
-            self.dir.rmdir()
+        remove_checkpoint(self.dir)
 
 
 class FrameMirror:
@@ -110,3 +106,12 @@ class FrameMirror:
             self.frames[:] = np.memmap(self.path, np.uint8, "r", shape=self.frames.shape)
         self.frames[delta["slots"].numpy()] = delta["frames"].numpy()
         self.apply(delta)
+
+
+def remove_checkpoint(directory: str | Path) -> None:
+    """Delete a job's checkpoint and its mirrors; files set aside as corrupt stay (and so does the folder)."""
+    directory = Path(directory)
+    for path in [directory / STATE_FILE, *directory.glob("*.u8")]:
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # missing, or not empty: something set aside is kept
+        directory.rmdir()

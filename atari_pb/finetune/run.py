@@ -19,9 +19,10 @@ import logging
 import math
 import multiprocessing
 import os
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,7 +38,7 @@ from atari_pb.finetune.base import (
     protocol_class,
     protocol_names,
 )
-from atari_pb.finetune.resume import JobCheckpoint
+from atari_pb.finetune.resume import JobCheckpoint, remove_checkpoint
 from atari_pb.games import get_game
 from atari_pb.models.encoder import Encoder, ModelConfig, config_path, load_encoder
 
@@ -139,6 +140,20 @@ def score_result(protocol: type[Protocol], result: FinetuneResult, job: Job, ev)
 
 def run_job(job: Job) -> Path:
     """Fine-tune, evaluate and write one record; returns its path."""
+    return write_job(job, *compute_job(job))
+
+
+@dataclass
+class JobOutput:
+    """What a job computed, for the process that writes it (a Ray driver has no file system in common
+    with its workers): the record, and with --save-agent the agent's files (name -> bytes)."""
+
+    record: ResultRecord
+    agent_files: dict[str, bytes] = field(default_factory=dict)
+
+
+def compute_job(job: Job) -> tuple[JobOutput]:  # a 1-tuple: run_job unpacks it into write_job
+    """Fine-tune and evaluate one job; nothing is written but its checkpoints."""
     game = get_game(job.game)
     protocol = protocol_class(job.protocol)
     cfg = load_protocol_config(job.protocol, job.overrides)
@@ -151,9 +166,7 @@ def run_job(job: Job) -> Path:
         game, encoder, job.seed, train_backbone, data, baseline=baseline, checkpoint=checkpoint
     )
     result = protocol.train(cfg, task)
-    if job.save_agent:
-        path = agent_path(Path(job.results), job.method, job.protocol, game.name, job.seed)
-        log.info("saved the trained agent to %s", protocol.save_agent(result, game, path))
+    agent_files = saved_agent_files(protocol, result, game) if job.save_agent else {}
     score, episode_scores = score_result(protocol, result, job, ev)
     config = {
         "protocol": asdict(cfg),
@@ -178,20 +191,44 @@ def run_job(job: Job) -> Path:
         config=json.loads(json.dumps(config, default=str)),
         episode_scores=episode_scores,
     )
+    return (JobOutput(record, agent_files),)
+
+
+def saved_agent_files(protocol: type[Protocol], result: FinetuneResult, game) -> dict[str, bytes]:
+    """The agent's files as `protocol.save_agent` writes them (weights and the JSON beside them)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        protocol.save_agent(result, game, Path(tmp) / "agent.safetensors")
+        return {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir())}
+
+
+def write_job(job: Job, output: JobOutput) -> Path:
+    """Write a job's agent files and record (the record last: it marks the job finished), then drop its
+    checkpoint unless asked to keep it."""
+    record = output.record
+    if output.agent_files:
+        path = agent_path(Path(job.results), job.method, job.protocol, job.game, job.seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for name, data in output.agent_files.items():
+            (path.parent / name.replace("agent", path.stem, 1)).write_bytes(data)
+        log.info("saved the trained agent to %s", path)
     path = write_record(Path(job.results), record)
-    if checkpoint is not None and not job.keep_checkpoint:
-        checkpoint.remove()  # the record is written: nothing left to resume
+    if job.checkpoints and not job.keep_checkpoint:
+        remove_checkpoint(checkpoint_dir(job))  # the record is written: nothing left to resume
     log.info(
         "%s %s %s seed %d: score %.3f over %d episodes -> %s",
         job.method,
         job.protocol,
-        game.name,
+        job.game,
         job.seed,
         record.score,
         record.episodes,
         path,
     )
     return path
+
+
+def checkpoint_dir(job: Job) -> Path:
+    return Path(job.checkpoints) / job.method / job.protocol / job.game / f"seed{job.seed}"
 
 
 def job_checkpoint(
@@ -201,7 +238,7 @@ def job_checkpoint(
     the job computes from: another encoder, game, seed or protocol setting is another job."""
     if not (protocol.resumable and job.checkpoints and job.checkpoint_every > 0):
         return None
-    directory = Path(job.checkpoints) / job.method / job.protocol / job.game / f"seed{job.seed}"
+    directory = checkpoint_dir(job)
     what = {"method": job.method, "encoder_sha256": digest, "preset": job.preset, "game": job.game,
             "seed": job.seed, "train_backbone": train_backbone, "data": job.data}  # fmt: skip
     return JobCheckpoint(
