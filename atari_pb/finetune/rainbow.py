@@ -338,7 +338,7 @@ def train_rainbow(
     episodes = EpisodeTracker(n)
     # the released Far-OOD data generator's log of its training buffer; run = seed + 1 (seed 0 -> run 1)
     buffer_log = BufferLog(cfg.buffer_log, game, run=seed + 1) if cfg.buffer_log.dir else None
-    run = _RunState(checkpoint, env, agent, replay, policy, episodes, learner, buffer_log)
+    run = _RunState(checkpoint, env, agent, replay, policy, episodes, learner, buffer_log, sections)
     obs, steps, finished = run.restore(obs)
     bar = tqdm(
         total=t.env_steps,
@@ -384,8 +384,7 @@ def train_rainbow(
             if steps >= t.learning_starts and replay.tree.total > 0:
                 learner.learn(t.updates_per_step * n)
             bar.update(n)
-            with sections("checkpoint"):
-                run.maybe_save(obs, steps, finished)
+            run.maybe_save(obs, steps, finished)
             if steps % t.log_every < n:
                 recent = [r for r, _ in finished[-10:]]
                 bar.set_postfix(
@@ -414,13 +413,16 @@ class _RunState:
     the interrupted one exactly. The replay's and the buffer log's frames are mirrored incrementally
     (resume.FrameMirror): a checkpoint carries only the frames written since the previous one."""
 
-    def __init__(self, checkpoint, env, agent, replay, policy, episodes, learner, buffer_log):
+    def __init__(
+        self, checkpoint, env, agent, replay, policy, episodes, learner, buffer_log, sections=NO_TIMING
+    ):
         if checkpoint is not None and not hasattr(env, "state_dict"):
             log.warning("rainbow: this env cannot save its emulators' state (env: not the released one); "
                         "the job runs without checkpoints")  # fmt: skip
             checkpoint = None
         self.checkpoint, self.env, self.agent, self.replay = checkpoint, env, agent, replay
         self.policy, self.episodes, self.learner, self.buffer_log = policy, episodes, learner, buffer_log
+        self.sections = sections  # times each save as "checkpoint" (bench/resume.py)
         if checkpoint is not None:
             self.replay_frames = FrameMirror(checkpoint.dir, "replay_frames", replay.frame)
             self.replay_written = replay.written.copy()
@@ -452,6 +454,10 @@ class _RunState:
     def maybe_save(self, obs: np.ndarray, steps: int, finished: list[tuple[float, int]]) -> None:
         if self.checkpoint is None or not self.checkpoint.due(self.learner.updates):
             return
+        with self.sections("checkpoint"):
+            self._save(obs, steps, finished)
+
+    def _save(self, obs: np.ndarray, steps: int, finished: list[tuple[float, int]]) -> None:
         replay_delta = self.replay_frames.delta(self.replay.slots_written_since(self.replay_written))
         state = {
             "agent": self.agent.checkpoint_state(),
