@@ -315,6 +315,8 @@ def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
     ]
     if args.checkpoint_every < 0:
         raise UsageError(f"--checkpoint-every {args.checkpoint_every}: must be >= 0")
+    if args.fleet_size < 1:
+        raise UsageError(f"--fleet-size {args.fleet_size}: must be >= 1")
     checkpoints = str(args.checkpoints or args.results / ".checkpoints")
     jobs = [
         dataclasses.replace(
@@ -322,9 +324,11 @@ def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
             checkpoints=checkpoints,
             checkpoint_every=args.checkpoint_every,
             keep_checkpoint=args.keep_checkpoints,
+            fleet=args.fleet,
         )
         for job in jobs
     ]
+    fleet_size = args.fleet_size if args.fleet else 0
     if args.backend == "ray":
         from atari_pb.finetune.ray_backend import RayOptions, finetune_on_ray
 
@@ -337,9 +341,9 @@ def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
             args.max_retries,
             logging.getLevelName(log.getEffectiveLevel()),
         )
-        written, errors = finetune_on_ray(jobs, options)
+        written, errors = finetune_on_ray(jobs, options, fleet_size)
     else:
-        written, errors = finetune(jobs, args.workers)
+        written, errors = finetune(jobs, args.workers, fleet_size)
     for line in errors:
         print(f"atari-pb: error: {line}", file=sys.stderr)
     log.info(
@@ -528,6 +532,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="local",
         help="local: a process pool of --workers on this machine (default); ray: every job a Ray task "
         "(pip install 'atari-pb[ray]'; README: scaling out)",
+    )
+    p.add_argument(
+        "--fleet",
+        action="store_true",
+        help="train the agents that share one frozen backbone (an encoder's games x seeds) in lockstep in one "
+        "process, one backbone pass for all (protocols that train fleets: offline_bc; not e2e)",
+    )
+    p.add_argument(
+        "--fleet-size", type=int, default=16, help="--fleet: at most this many agents a fleet (default 16)"
     )
     p.add_argument(
         "--address", help="--backend ray: the cluster's address (default: start Ray on this machine)"

@@ -79,6 +79,7 @@ class Protocol:
     can_save_agent: ClassVar[bool] = False
     rollouts: ClassVar[bool] = True
     resumable: ClassVar[bool] = False  # `train` saves and continues `task.checkpoint` (finetune/resume.py)
+    fleet: ClassVar[bool] = False  # `train_fleet` trains many tasks on one frozen backbone (--fleet)
     score_scale: ClassVar[str] = GAME_SCALE
     score_parts: ClassVar[tuple[str, ...]] = ()
     score_parts_title: ClassVar[str] = "part"
@@ -111,6 +112,17 @@ class Protocol:
     @classmethod
     def save_agent(cls, result: FinetuneResult, game: Game, path: Path) -> Path:
         raise UsageError(f"the {cls.name} protocol cannot save its agents")
+
+    @classmethod
+    def train_fleet(
+        cls,
+        cfg: Any,
+        tasks: list[FinetuneTask],
+        progress: bool = True,
+        checkpoint: JobCheckpoint | None = None,
+    ) -> list[FinetuneResult]:
+        """`fleet` protocols: train every task in lockstep on their one frozen backbone, one result each."""
+        raise UsageError(f"the {cls.name} protocol does not train fleets")
 
 
 def register(cls: P) -> P:

@@ -98,7 +98,32 @@ def accuracy(agent: AgentNet, shards: ShardSet, samples: int, seed: int, device:
     return (pred == batch["action"][:, 0]).float().mean().item()
 
 
-def train_offline_bc(
+@dataclass
+class BCRun:
+    """One agent's offline BC set-up: its data, network, optimiser, schedule and length (shared by the
+    standalone job below and the fleet, offline_bc_fleet.py)."""
+
+    shards: ShardSet
+    held: ShardSet | None
+    agent: AgentNet
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    steps: int
+    clip: float
+    batch_size: int
+    seed: int
+    device: torch.device
+
+    def stream(self, first: int = 0) -> ShardStream:
+        """The run's batches from step `first` on (a function of (seed, step): resumable)."""
+        spec = SampleSpec(n_step=0)
+        return ShardStream(
+            self.shards, self.batch_size, spec, seed=self.seed, start_step=first, num_steps=self.steps - first
+        )
+
+
+def setup_bc_run(
     game: Game,
     encoder: Encoder,
     shards_dir: Path,
@@ -106,11 +131,9 @@ def train_offline_bc(
     cfg: BCTrainConfig,
     seed: int,
     train_backbone: bool = False,
-    progress: bool = True,
-    checkpoint: JobCheckpoint | None = None,
-) -> BCResult:
-    """Offline BC on `game`'s shards; `checkpoint` saves the run every so many steps and continues a saved
-    one exactly (the batches and augmentations are functions of (seed, step))."""
+) -> BCRun:
+    """Seed torch's generator with `seed`, then build the agent (its neck and head initialised from it),
+    AdamW and the warm-up + cosine schedule over the run's steps."""
     device = pick_device(cfg.device, "train.device")
     torch.manual_seed(seed)
     all_runs = ShardSet(shards_dir, games=[game.name])
@@ -138,6 +161,30 @@ def train_offline_bc(
         optimizer, warmup_cosine(steps, cfg.warmup, cfg.min_lr_scale)
     )
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    return BCRun(shards, held, agent, params, optimizer, scheduler, steps, clip, cfg.batch_size, seed, device)
+
+
+def train_offline_bc(
+    game: Game,
+    encoder: Encoder,
+    shards_dir: Path,
+    num_actions: int,
+    cfg: BCTrainConfig,
+    seed: int,
+    train_backbone: bool = False,
+    progress: bool = True,
+    checkpoint: JobCheckpoint | None = None,
+) -> BCResult:
+    """Offline BC on `game`'s shards; `checkpoint` saves the run every so many steps and continues a saved
+    one exactly (the batches and augmentations are functions of (seed, step))."""
+    run = setup_bc_run(game, encoder, shards_dir, num_actions, cfg, seed, train_backbone)
+    agent, optimizer, scheduler, steps, device = (
+        run.agent,
+        run.optimizer,
+        run.scheduler,
+        run.steps,
+        run.device,
+    )
     state = checkpoint.load() if checkpoint is not None else None
     first = 0
     if state is not None:
@@ -145,7 +192,7 @@ def train_offline_bc(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         first = int(state["step"])
-    stream = ShardStream(shards, cfg.batch_size, spec, seed=seed, start_step=first, num_steps=steps - first)
+    stream = run.stream(first)
     bar = tqdm(
         total=steps,
         initial=first,
@@ -160,7 +207,7 @@ def train_offline_bc(
         loss = F.cross_entropy(agent(x), action)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, clip)
+        torch.nn.utils.clip_grad_norm_(run.params, run.clip)
         optimizer.step()
         scheduler.step()
         bar.update()
@@ -173,8 +220,8 @@ def train_offline_bc(
     result = BCResult(
         agent=agent.eval(),
         steps=steps,
-        train_accuracy=accuracy(agent, shards, 1024, seed + 1, device),
-        holdout_accuracy=accuracy(agent, held, 1024, seed + 2, device) if held is not None else None,
+        train_accuracy=accuracy(agent, run.shards, 1024, seed + 1, device),
+        holdout_accuracy=accuracy(agent, run.held, 1024, seed + 2, device) if run.held is not None else None,
         seconds=time.perf_counter() - start,
     )
     log.info(
@@ -194,6 +241,7 @@ class OfflineBC(Protocol):
 
     name = "offline_bc"
     resumable = True
+    fleet = True
     Config = OfflineBCConfig
     needs_data = True
 
@@ -218,3 +266,14 @@ class OfflineBC(Protocol):
         return FinetuneResult(
             r.agent, gradient_steps=r.steps, env_steps=0, seconds=r.seconds, summary=summary
         )
+
+    @staticmethod
+    def train_fleet(
+        cfg: OfflineBCConfig,
+        tasks: list[FinetuneTask],
+        progress: bool = True,
+        checkpoint: JobCheckpoint | None = None,
+    ) -> list[FinetuneResult]:
+        from atari_pb.finetune.offline_bc_fleet import train_offline_bc_fleet
+
+        return train_offline_bc_fleet(cfg.train, tasks, progress, checkpoint)

@@ -2,7 +2,7 @@
 
     written, errors = finetune_on_ray(jobs, RayOptions(address="10.0.0.1:6379", gpus_per_job=0.5))
 
-Each (encoder, protocol, split, game, seed) job runs `compute_job` in a task that declares its resources
+Each (encoder, protocol, split, game, seed) job (or, with --fleet, each fleet) runs in a task that declares its resources
 (`cpus_per_job`, `gpus_per_job`, fractional for several jobs per GPU). The driver writes what the tasks
 return (records, saved agents), so the results need no shared file system; the data, the encoder files and
 the checkpoint directory must be at the same path on every node (a shared mount for the checkpoints, so
@@ -26,7 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from atari_pb.errors import AtariPBError, UsageError
-from atari_pb.finetune.run import Job, JobOutput, compute_job, write_job
+from atari_pb.finetune.run import Job, JobOutput, compute_unit, describe, work_units, write_unit
 
 log = logging.getLogger(__name__)
 
@@ -105,27 +105,31 @@ def check_resources(ray, options: RayOptions) -> None:
         )
 
 
-def run_remote(job: Job, log_level: str, threads: int) -> JobOutput:
-    """The task's body, on a Ray worker: one job, its logging and torch threads set as the pool's are."""
+def run_remote(unit: tuple[Job, ...], log_level: str, threads: int) -> list[JobOutput]:
+    """The task's body, on a Ray worker: one job or one fleet, its logging and torch threads set as the
+    pool's are."""
     import torch
 
     logging.basicConfig(
         level=log_level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True
     )
     torch.set_num_threads(threads)
-    (output,) = compute_job(job)
-    return output
+    return compute_unit(unit)
 
 
-def finetune_on_ray(jobs: Sequence[Job], options: RayOptions) -> tuple[list[Path], list[str]]:
-    """Like finetune.run.finetune: (records written, one error line per failed job)."""
+def finetune_on_ray(
+    jobs: Sequence[Job], options: RayOptions, fleet_size: int = 0
+) -> tuple[list[Path], list[str]]:
+    """Like finetune.run.finetune: (records written, one error line per failed job or fleet). A fleet is one
+    task with the resources given per job (give it a whole device: --gpus-per-job 1)."""
     from atari_pb.eval.records import record_path
 
     todo = [
         j for j in jobs if not record_path(Path(j.results), j.method, j.protocol, j.game, j.seed).exists()
     ]
     log.info("finetune on Ray: %d jobs, %d already finished", len(jobs), len(jobs) - len(todo))
-    if not todo:
+    units = work_units(todo, fleet_size)
+    if not units:
         return [], []
     ray = connect(options)
     try:
@@ -137,7 +141,7 @@ def finetune_on_ray(jobs: Sequence[Job], options: RayOptions) -> tuple[list[Path
             retry_exceptions=False,  # an atari-pb error is the job's answer, not a failure to retry
         )(run_remote)
         threads = max(1, int(options.cpus_per_job))
-        pending = {task.remote(job, options.log_level, threads): job for job in todo}
+        pending = {task.remote(unit, options.log_level, threads): unit for unit in units}
         return _collect(ray, pending)
     finally:
         ray.shutdown()
@@ -146,14 +150,14 @@ def finetune_on_ray(jobs: Sequence[Job], options: RayOptions) -> tuple[list[Path
 def _collect(ray, pending: dict) -> tuple[list[Path], list[str]]:
     written, errors = [], []
     start = time.monotonic()
-    with tqdm(total=len(pending), unit="job", desc="finetune (ray)", disable=None) as bar:
+    with tqdm(total=len(pending), unit="task", desc="finetune (ray)", disable=None) as bar:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                job = pending.pop(ref)
-                name = f"{job.method} {job.protocol} {job.game} seed {job.seed}"
+                unit = pending.pop(ref)
+                name = f"{unit[0].method} {unit[0].protocol} {describe(unit)}"
                 try:
-                    written.append(write_job(job, ray.get(ref)))
+                    written += write_unit(unit, ray.get(ref))
                 except ray.exceptions.RayTaskError as err:  # the job raised: its own one line
                     cause = err.cause if isinstance(err.cause, AtariPBError) else err
                     errors.append(f"{name}: {_first_line(cause)}")
@@ -165,7 +169,7 @@ def _collect(ray, pending: dict) -> tuple[list[Path], list[str]]:
                     errors.append(f"{name}: {err}")
                 bar.update()
     log.info(
-        "finetune on Ray: %d jobs in %.0f s, %d failed",
+        "finetune on Ray: %d tasks in %.0f s, %d failed",
         len(written) + len(errors),
         time.monotonic() - start,
         len(errors),

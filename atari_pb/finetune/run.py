@@ -13,6 +13,7 @@ split is one command; `workers` runs that many (game, seed) jobs at once in sepa
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -64,6 +66,7 @@ class Job:
     checkpoints: str | None = None  # resumable protocols: <checkpoints>/<method>/<protocol>/<game>/seed<k>/
     checkpoint_every: int = 0  # gradient updates between checkpoints; 0: none
     keep_checkpoint: bool = False  # keep the last checkpoint once the record is written
+    fleet: bool = False  # --fleet: trained with the jobs that share its backbone (compute_fleet)
 
 
 def baselines(protocol: str) -> tuple[str, ...]:
@@ -140,7 +143,7 @@ def score_result(protocol: type[Protocol], result: FinetuneResult, job: Job, ev)
 
 def run_job(job: Job) -> Path:
     """Fine-tune, evaluate and write one record; returns its path."""
-    return write_job(job, *compute_job(job))
+    return write_job(job, compute_job(job))
 
 
 @dataclass
@@ -152,20 +155,52 @@ class JobOutput:
     agent_files: dict[str, bytes] = field(default_factory=dict)
 
 
-def compute_job(job: Job) -> tuple[JobOutput]:  # a 1-tuple: run_job unpacks it into write_job
-    """Fine-tune and evaluate one job; nothing is written but its checkpoints."""
+@dataclass
+class PreparedJob:
+    """A job with everything its training needs loaded and checked: `task` goes to the protocol."""
+
+    job: Job
+    protocol: type[Protocol]
+    cfg: Any
+    ev: Any
+    digest: str
+    train_backbone: bool
+    task: FinetuneTask
+
+
+def prepare_job(job: Job, encoders: dict | None = None) -> PreparedJob:
+    """Load and check what `job` trains from; `encoders` caches built encoders between the jobs of a fleet
+    (one encoder, one backbone in memory)."""
     game = get_game(job.game)
     protocol = protocol_class(job.protocol)
     cfg = load_protocol_config(job.protocol, job.overrides)
     ev = load_eval_config(job.split, job.eval_overrides)
-    encoder, digest, train_backbone = build_encoder(job)
+    if encoders is None:
+        encoder, digest, train_backbone = build_encoder(job)
+    else:
+        key = backbone_key(job)
+        if key not in encoders:
+            encoders[key] = build_encoder(job)
+        encoder, digest, train_backbone = encoders[key]
     baseline = job.encoder if job.encoder in baselines(job.protocol) else ""
     data = Path(job.data) if job.data else None
     checkpoint = job_checkpoint(job, protocol, cfg, digest, train_backbone)
     task = FinetuneTask(
         game, encoder, job.seed, train_backbone, data, baseline=baseline, checkpoint=checkpoint
     )
-    result = protocol.train(cfg, task)
+    return PreparedJob(job, protocol, cfg, ev, digest, train_backbone, task)
+
+
+def compute_job(job: Job) -> JobOutput:
+    """Fine-tune and evaluate one job; nothing is written but its checkpoints."""
+    prepared = prepare_job(job)
+    return finish_job(prepared, prepared.protocol.train(prepared.cfg, prepared.task))
+
+
+def finish_job(prepared: PreparedJob, result: FinetuneResult, extra: dict | None = None) -> JobOutput:
+    """Score a trained job and build its record (`extra`: more config keys, e.g. the fleet it ran in)."""
+    job, protocol, cfg, ev = prepared.job, prepared.protocol, prepared.cfg, prepared.ev
+    game = prepared.task.game
     agent_files = saved_agent_files(protocol, result, game) if job.save_agent else {}
     score, episode_scores = score_result(protocol, result, job, ev)
     config = {
@@ -173,9 +208,10 @@ def compute_job(job: Job) -> tuple[JobOutput]:  # a 1-tuple: run_job unpacks it 
         **({"eval": asdict(ev)} if protocol.rollouts else {}),
         "encoder": job.encoder,
         "preset": job.preset,
-        "train_backbone": train_backbone,
+        "train_backbone": prepared.train_backbone,
         "train_seconds": result.seconds,
         **result.summary,
+        **(extra or {}),
     }
     record = ResultRecord(
         method=job.method,
@@ -187,11 +223,105 @@ def compute_job(job: Job) -> tuple[JobOutput]:  # a 1-tuple: run_job unpacks it 
         episodes=len(episode_scores),
         gradient_steps=int(result.gradient_steps),
         env_steps=int(result.env_steps),
-        encoder_sha256=digest,
+        encoder_sha256=prepared.digest,
         config=json.loads(json.dumps(config, default=str)),
         episode_scores=episode_scores,
     )
-    return (JobOutput(record, agent_files),)
+    return JobOutput(record, agent_files)
+
+
+def backbone_key(job: Job) -> tuple:
+    """Jobs with the same key fine-tune the same frozen backbone: an encoder file's, or a baseline's
+    (whose random initialisation is seeded by the job's seed: one backbone per seed)."""
+    baseline = job.encoder in baselines(job.protocol)
+    return (job.protocol, job.encoder, job.preset, job.seed if baseline else None, job.overrides)
+
+
+def fleets(jobs: Sequence[Job], size: int) -> list[tuple[Job, ...]]:
+    """Group jobs that share a frozen backbone and a configuration into fleets of at most `size` agents."""
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(backbone_key(job), []).append(job)
+    return [tuple(g[i : i + size]) for g in groups.values() for i in range(0, len(g), size)]
+
+
+def check_fleet_request(jobs: Sequence[Job]) -> None:
+    """--fleet: the protocol must train fleets and the backbone must be frozen (one line, exit 2)."""
+    for job in jobs:
+        protocol = protocol_class(job.protocol)
+        if not protocol.fleet:
+            able = ", ".join(n for n in protocol_names() if protocol_class(n).fleet)
+            raise UsageError(
+                f"--fleet: the {job.protocol} protocol does not train fleets (those that do: {able})"
+            )
+        if job.encoder == "e2e":
+            raise UsageError(
+                "--fleet with e2e: a fleet shares one frozen backbone, e2e trains its own; run e2e without --fleet"
+            )
+
+
+def compute_fleet(jobs: Sequence[Job], progress: bool = True) -> list[JobOutput]:
+    """Train the jobs' agents as one fleet (Protocol.train_fleet), then score each and build its record,
+    the record a standalone run writes plus `config.fleet` (its size and members)."""
+    keys = {backbone_key(j) for j in jobs}
+    if len(keys) != 1:
+        raise UsageError(
+            f"a fleet must share one encoder, protocol and configuration; got {len(keys)} kinds of job"
+        )
+    check_fleet_request(jobs)
+    encoders: dict = {}
+    prepared = [prepare_job(dataclasses.replace(j, checkpoints=None), encoders) for j in jobs]
+    first = prepared[0]
+    checkpoint = fleet_checkpoint(jobs, first)
+    results = first.protocol.train_fleet(first.cfg, [p.task for p in prepared], progress, checkpoint)
+    members = [f"{j.game} seed {j.seed}" for j in jobs]
+    return [
+        finish_job(p, r, {"fleet": {"size": len(jobs), "members": members}})
+        for p, r in zip(prepared, results, strict=True)
+    ]
+
+
+def fleet_checkpoint(jobs: Sequence[Job], first: PreparedJob) -> JobCheckpoint | None:
+    job = jobs[0]
+    if not (job.checkpoints and job.checkpoint_every > 0):
+        return None
+    what = {"method": job.method, "encoder_sha256": first.digest, "preset": job.preset, "members": fleet_members(jobs),
+            "data": job.data}  # fmt: skip
+    identity = {"job": what, "protocol": asdict(first.cfg)}
+    return JobCheckpoint(
+        fleet_checkpoint_dir(jobs), f"finetune-{job.protocol}-fleet", identity, job.checkpoint_every
+    )
+
+
+def fleet_members(jobs: Sequence[Job]) -> list[str]:
+    return [f"{j.split}/{j.game}/seed{j.seed}" for j in jobs]
+
+
+def fleet_checkpoint_dir(jobs: Sequence[Job]) -> Path:
+    """<checkpoints>/<method>/<protocol>/fleet-<hash of its members>/"""
+    name = "fleet-" + hashlib.sha256("\n".join(fleet_members(jobs)).encode()).hexdigest()[:12]
+    return Path(jobs[0].checkpoints) / jobs[0].method / jobs[0].protocol / name
+
+
+def run_fleet(jobs: tuple[Job, ...]) -> list[Path]:
+    """Train, score and write a fleet's records."""
+    return write_unit(jobs, compute_fleet(jobs))
+
+
+def compute_unit(unit: tuple[Job, ...], progress: bool = True) -> list[JobOutput]:
+    return compute_fleet(unit, progress) if is_fleet(unit) else [compute_job(unit[0])]
+
+
+def write_unit(unit: tuple[Job, ...], outputs: Sequence[JobOutput]) -> list[Path]:
+    """Write a unit's records (a job's, or a fleet's), then drop its checkpoint unless asked to keep it."""
+    if not is_fleet(unit):
+        return [write_job(unit[0], outputs[0])]
+    paths = [
+        write_job(dataclasses.replace(j, checkpoints=None), o) for j, o in zip(unit, outputs, strict=True)
+    ]
+    if unit[0].checkpoints and not unit[0].keep_checkpoint:
+        remove_checkpoint(fleet_checkpoint_dir(unit))
+    return paths
 
 
 def saved_agent_files(protocol: type[Protocol], result: FinetuneResult, game) -> dict[str, bytes]:
@@ -336,20 +466,22 @@ def games_by_split(splits: Sequence[str], games: Sequence[str]) -> dict[str, lis
     return {split: names for split, names in chosen.items() if names}
 
 
-def finetune(jobs: Sequence[Job], workers: int = 1) -> tuple[list[Path], list[str]]:
+def finetune(jobs: Sequence[Job], workers: int = 1, fleet_size: int = 0) -> tuple[list[Path], list[str]]:
     """Run the jobs whose record does not exist yet; returns (records written, one error line per failed
-    job). A failing job does not stop the others."""
+    job or fleet). A failing one does not stop the others. `fleet_size` > 0 trains the jobs that share a
+    frozen backbone as fleets of at most that many agents (compute_fleet), one fleet per worker."""
     todo = [
         j for j in jobs if not record_path(Path(j.results), j.method, j.protocol, j.game, j.seed).exists()
     ]
     log.info("finetune: %d jobs, %d already finished", len(jobs), len(jobs) - len(todo))
+    units = work_units(todo, fleet_size)
     written, errors = [], []
     if workers <= 1:
-        for job in todo:
+        for unit in units:
             try:
-                written.append(run_job(job))
+                written += run_unit(unit)
             except AtariPBError as err:
-                errors.append(f"{job.game} seed {job.seed}: {err}")
+                errors.append(f"{describe(unit)}: {err}")
         return written, errors
     ctx = multiprocessing.get_context("spawn")
     # the workers share the cores: torch threads beyond a worker's share only contend with the others'
@@ -358,13 +490,35 @@ def finetune(jobs: Sequence[Job], workers: int = 1) -> tuple[list[Path], list[st
     with ProcessPoolExecutor(
         workers, mp_context=ctx, initializer=torch.set_num_threads, initargs=(threads,)
     ) as pool:
-        pending = {pool.submit(run_job, job): job for job in todo}
+        pending = {pool.submit(run_unit, unit): unit for unit in units}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
-                job = pending.pop(fut)
+                unit = pending.pop(fut)
                 try:
-                    written.append(fut.result())
+                    written += fut.result()
                 except AtariPBError as err:
-                    errors.append(f"{job.game} seed {job.seed}: {err}")
+                    errors.append(f"{describe(unit)}: {err}")
     return written, errors
+
+
+def work_units(jobs: Sequence[Job], fleet_size: int) -> list[tuple[Job, ...]]:
+    """What a worker runs at a time: one job, or with fleets one fleet of jobs."""
+    if fleet_size > 0:
+        check_fleet_request(jobs)
+        return fleets(jobs, fleet_size)
+    return [(job,) for job in jobs]
+
+
+def is_fleet(unit: tuple[Job, ...]) -> bool:
+    return len(unit) > 1 or unit[0].fleet
+
+
+def run_unit(unit: tuple[Job, ...]) -> list[Path]:
+    return run_fleet(unit) if is_fleet(unit) else [run_job(unit[0])]
+
+
+def describe(unit: tuple[Job, ...]) -> str:
+    if not is_fleet(unit):
+        return f"{unit[0].game} seed {unit[0].seed}"
+    return f"fleet of {len(unit)} ({', '.join(f'{j.game} seed {j.seed}' for j in unit)})"

@@ -1,0 +1,198 @@
+"""Fleet fine-tuning (`finetune --fleet`, atari_pb/finetune/offline_bc_fleet.py): agents that share one frozen
+backbone trained in lockstep with one backbone pass per step. A fleet of one is the standalone job bit for
+bit; in a fleet of several each agent matches its standalone run to floating-point tolerance; a killed
+fleet resumes; its records are standalone records plus `config.fleet`, and `eval` reads them alike."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from atari_pb.envs.atari import num_actions
+from atari_pb.finetune.base import FinetuneTask
+from atari_pb.finetune.offline_bc import load_offline_bc_config, train_offline_bc
+from atari_pb.finetune.offline_bc_fleet import train_offline_bc_fleet
+from atari_pb.games import get_game
+from atari_pb.models.encoder import Encoder, ModelConfig, export_encoder
+from tests.conftest import one_error_line, run_cli
+from tests.test_resume import kill_after_checkpoint, record_without_timing
+
+STEPS = 200
+OVERRIDES = [f"train.max_steps={STEPS}", "train.batch_size=16", "train.loader_threads=0"]
+MEMBERS = [("breakout", 0), ("breakout", 1), ("pong", 0), ("pong", 1)]
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Encoder:
+    torch.manual_seed(3)
+    return Encoder(ModelConfig(preset="tiny"))
+
+
+def standalone(encoder: Encoder, shard_dir: Path, game: str, seed: int):
+    cfg = load_offline_bc_config(OVERRIDES).train
+    return train_offline_bc(get_game(game), encoder, shard_dir, num_actions(get_game(game)), cfg, seed,
+                            progress=False)  # fmt: skip
+
+
+def fleet(encoder: Encoder, shard_dir: Path, members):
+    cfg = load_offline_bc_config(OVERRIDES).train
+    tasks = [FinetuneTask(get_game(g), encoder, s, data=shard_dir, progress=False) for g, s in members]
+    return train_offline_bc_fleet(cfg, tasks, progress=False)
+
+
+def trained(net) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in net.state_dict().items() if not k.startswith("backbone.")}
+
+
+def test_a_fleet_of_one_is_the_standalone_job_bit_for_bit(encoder, shard_dir):
+    alone = standalone(encoder, shard_dir, "breakout", 1)
+    (one,) = fleet(encoder, shard_dir, [("breakout", 1)])
+    a, b = trained(alone.agent), trained(one.agent)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (
+        one.summary["train_accuracy"] == alone.train_accuracy and one.gradient_steps == alone.steps == STEPS
+    )
+
+
+def test_each_agent_of_a_fleet_matches_its_standalone_run(encoder, shard_dir):
+    """Tolerance 1e-3 on every trained weight (of order 1) after 200 updates. The fleet's backbone runs on 4x
+    the batch; where a convolution's summation order depends on the batch size (cuDNN's and oneDNN's
+    algorithm choice), features differ in the last bits and AdamW carries that into the heads (Adam turns
+    differences of near-zero gradients into up to lr-sized steps, 1e-3 here). Measured on this CPU with
+    the tiny preset: no difference at all (0.0); the tolerance is for other machines and devices, and
+    stays 100x below what training moved the weights (checked below)."""
+    results = fleet(encoder, shard_dir, MEMBERS)
+    for (game, seed), result in zip(MEMBERS, results, strict=True):
+        alone = standalone(encoder, shard_dir, game, seed)
+        a, b = trained(alone.agent), trained(result.agent)
+        worst = max((a[k] - b[k]).abs().max().item() for k in a)
+        assert worst < 1e-3, f"{game} seed {seed}: max |difference| {worst:g}"
+        moved = max((a[k] - trained_init(encoder, shard_dir, game, seed)[k]).abs().max().item() for k in a)
+        assert moved > 100 * worst  # the agents trained: the tolerance is far below what training changed
+
+
+def trained_init(encoder: Encoder, shard_dir: Path, game: str, seed: int) -> dict[str, torch.Tensor]:
+    from atari_pb.finetune.offline_bc import setup_bc_run
+
+    cfg = load_offline_bc_config(OVERRIDES).train
+    return trained(
+        setup_bc_run(get_game(game), encoder, shard_dir, num_actions(get_game(game)), cfg, seed).agent
+    )
+
+
+# ------------------------------------------------------------------------------------ the command line
+CLI = ["finetune", "--protocol", "offline_bc", "--split", "id", "near_ood", "--games", "breakout", "pong"]
+CLI += ["--seeds", "0", "1", "--episodes", "1", "--eval-envs", "1", "eval.env.horizon=100", *OVERRIDES]
+
+
+@pytest.fixture(scope="module")
+def encoder_file(encoder, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("fleet_encoder") / "encoder.safetensors"
+    return export_encoder(encoder, path, {"objective": "curl"})
+
+
+@pytest.fixture(scope="module")
+def swept(encoder_file, shard_dir, tmp_path_factory) -> Path:
+    """The same sweep, standalone and as one fleet of four."""
+    tmp = tmp_path_factory.mktemp("fleet_sweep")
+    for name, extra in (("alone", []), ("fleet", ["--fleet"])):
+        proc = run_cli(
+            *CLI, "--encoder", encoder_file, "--data", shard_dir, "--results", tmp / name, *extra, cwd=tmp
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return tmp
+
+
+def test_fleet_records_are_standalone_records_that_say_they_ran_in_a_fleet(swept):
+    alone = sorted((swept / "alone").glob("*/*/*/seed*.json"))
+    assert len(alone) == 4
+    for path in alone:
+        mine = record_without_timing(swept / "fleet" / path.relative_to(swept / "alone"))
+        fleet_info = mine["config"].pop("fleet")
+        theirs = record_without_timing(path)
+        assert mine.keys() == theirs.keys() and mine["config"].keys() == theirs["config"].keys()
+        assert fleet_info["size"] == 4 and len(fleet_info["members"]) == 4
+        assert mine["gradient_steps"] == theirs["gradient_steps"] == STEPS
+
+
+def test_eval_reads_fleet_records_like_standalone_ones(swept):
+    tables = {}
+    for name in ("alone", "fleet"):
+        proc = run_cli("eval", "--results", swept / name, "--split", "id", cwd=swept)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        tables[name] = [ln for ln in proc.stdout.splitlines() if ln.startswith("| curl |")]
+    assert tables["fleet"] and len(tables["fleet"]) == len(tables["alone"])
+
+
+def test_a_killed_fleet_resumes_and_writes_the_uninterrupted_records(encoder_file, shard_dir, tmp_path):
+    args = [
+        "finetune",
+        "--protocol",
+        "offline_bc",
+        "--split",
+        "id",
+        "--games",
+        "breakout",
+        "--seeds",
+        "0",
+        "1",
+    ]
+    args += ["--episodes", "1", "--eval-envs", "1", "eval.env.horizon=100", *OVERRIDES, "train.max_steps=240"]
+    args += ["--encoder", encoder_file, "--data", shard_dir, "--fleet"]
+    killed = [*args, "--results", tmp_path / "killed", "--checkpoint-every", "40"]
+    state = FoundLater(str(tmp_path / "killed/.checkpoints/curl/offline_bc/fleet-*/state.pt"))
+    held = kill_after_checkpoint(killed, state, min_step=80)
+    again = run_cli("--log-level", "INFO", *killed, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"at step {held}" in again.stderr or "resuming from" in again.stderr
+    whole = run_cli(*args, "--results", tmp_path / "whole", "--checkpoint-every", "0", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    records = sorted((tmp_path / "killed").glob("curl/*/*/seed*.json"))
+    assert len(records) == 2
+    for path in records:
+        assert record_without_timing(path) == record_without_timing(
+            tmp_path / "whole" / path.relative_to(tmp_path / "killed")
+        )
+    assert not list((tmp_path / "killed/.checkpoints").rglob("state.pt"))  # the records are written: gone
+
+
+class FoundLater(os.PathLike):
+    """A path known by its pattern until it exists (a fleet's checkpoint directory is named by its members)."""
+
+    def __init__(self, pattern: str):
+        self.pattern = pattern
+
+    def exists(self) -> bool:
+        return bool(glob.glob(self.pattern))
+
+    def __fspath__(self) -> str:
+        return glob.glob(self.pattern)[0]
+
+
+BAD = ["finetune", "--split", "id", "--games", "breakout", "--seeds", "0"]
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--protocol", "offline_bc", "--encoder", "e2e", "--fleet"], "--fleet with e2e"),
+        (
+            ["--protocol", "rainbow", "--encoder", "random", "--fleet"],
+            "does not train fleets (those that do: offline_bc)",
+        ),
+        (
+            ["--protocol", "offline_bc", "--encoder", "random", "--fleet", "--fleet-size", "0"],
+            "--fleet-size 0: must be >= 1",
+        ),
+    ],
+)
+def test_bad_fleet_requests(shard_dir, tmp_path, extra, words):
+    proc = run_cli(
+        "--log-level", "WARNING", *BAD, "--data", shard_dir, "--results", tmp_path, *extra, cwd=tmp_path
+    )
+    assert words in one_error_line(proc, 2)
+    assert not list(tmp_path.rglob("*.json"))
