@@ -2,7 +2,8 @@
 machine's own address otherwise): a real two-node `ray.cluster_utils.Cluster` on 127.0.0.1, the real
 `atari-pb finetune --backend ray` driver against it, and a node removed while a job runs on it.
 
-    unshare -n sh -c 'ip link set lo up && exec python -m tests.ray_scenario OUT.json -- SWEEP ARGS...'
+    unshare -n sh -c 'ip link set lo up && exec python -m tests.ray_scenario OUT.json -- SWEEP... --killed
+        RAINBOW SWEEP... --states STATE...'
 
 Writes OUT.json: {"sweep": {rc, stderr}, "killed": {rc, stderr, removed_at_step}, "no_gpu": {...}}.
 """
@@ -31,17 +32,17 @@ def finish(proc: subprocess.Popen, timeout: float = 600) -> dict:
     return {"rc": proc.returncode, "stdout": out, "stderr": err}
 
 
-def remove_a_node_mid_job(cluster: Cluster, nodes: list, args: list[str], state: Path) -> dict:
-    """Run the sweep; once `state` (a job's checkpoint) exists, remove a worker node: every node runs one
-    job (one CPU each), so one job is lost mid-run and must be retried."""
+def remove_a_node_mid_job(cluster: Cluster, nodes: list, args: list[str], states: list[Path]) -> dict:
+    """Run the sweep; once every job has a checkpoint (`states`), remove a worker node: every node runs one
+    job (one CPU each), so one job is lost mid-run and must be retried, and it has a checkpoint to resume."""
     proc = driver(args, cluster.address)
     deadline = time.monotonic() + 300
     step = None
     while time.monotonic() < deadline and proc.poll() is None:
-        if state.exists():
+        if all(state.exists() for state in states):
             try:
-                step = int(torch.load(state, weights_only=True)["step"])
-            except Exception:  # noqa: BLE001  (being replaced right now: read it again)
+                step = min(int(torch.load(state, weights_only=True)["step"]) for state in states)
+            except Exception:  # noqa: BLE001  (being replaced right now: read them again)
                 continue
             cluster.remove_node(nodes[0])
             break
@@ -52,8 +53,8 @@ def remove_a_node_mid_job(cluster: Cluster, nodes: list, args: list[str], state:
 def main() -> None:
     out = Path(sys.argv[1])
     sweep, killed = sys.argv[3 : sys.argv.index("--killed")], sys.argv[sys.argv.index("--killed") + 1 :]
-    state = Path(killed[killed.index("--state") + 1])
-    killed = killed[: killed.index("--state")]
+    states = [Path(p) for p in killed[killed.index("--states") + 1 :]]
+    killed = killed[: killed.index("--states")]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # jobs run on the workers only
     try:
         nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
@@ -67,7 +68,7 @@ def main() -> None:
             str(out.parent / "no_gpu"),
         ]  # the last --results wins
         report["no_gpu"] = finish(driver(no_gpu, cluster.address))
-        report["killed"] = remove_a_node_mid_job(cluster, nodes, killed, state)
+        report["killed"] = remove_a_node_mid_job(cluster, nodes, killed, states)
     finally:
         cluster.shutdown()
     out.write_text(json.dumps(report))

@@ -78,8 +78,10 @@ def test_demo_writes_a_leaderboard_whose_rows_match_the_records(demo):
     assert {(r.method, r.protocol, r.split, r.game, r.seed) for r in records} == expected
     assert all(0.0 <= r.score <= 1.0 for r in records if r.protocol == "probe")
 
-    with open(runs / "leaderboard" / "leaderboard.csv") as f:
-        rows = {(r["method"], r["protocol"], r["split"]): r for r in csv.DictReader(f)}
+    rows = {}  # game-scale protocols in leaderboard.csv, the probes' F1 in leaderboard_f1.csv
+    for name in ("leaderboard.csv", "leaderboard_f1.csv"):
+        with open(runs / "leaderboard" / name) as f:
+            rows |= {(r["method"], r["protocol"], r["split"]): r for r in csv.DictReader(f)}
     groups = {(r.method, r.protocol, r.split) for r in records}
     assert rows.keys() == groups
     for (method, protocol, split), row in rows.items():

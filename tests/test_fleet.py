@@ -21,8 +21,9 @@ from atari_pb.models.encoder import Encoder, ModelConfig, export_encoder
 from tests.conftest import one_error_line, run_cli
 from tests.test_resume import kill_after_checkpoint, record_without_timing
 
-STEPS = 200
+STEPS = 200  # updates of the in-process comparisons ("a few hundred")
 OVERRIDES = [f"train.max_steps={STEPS}", "train.batch_size=16", "train.loader_threads=0"]
+CLI_STEPS = 100  # the command-line sweeps
 MEMBERS = [("breakout", 0), ("breakout", 1), ("pong", 0), ("pong", 1)]
 
 
@@ -87,6 +88,7 @@ def trained_init(encoder: Encoder, shard_dir: Path, game: str, seed: int) -> dic
 # ------------------------------------------------------------------------------------ the command line
 CLI = ["finetune", "--protocol", "offline_bc", "--split", "id", "near_ood", "--games", "breakout", "pong"]
 CLI += ["--seeds", "0", "1", "--episodes", "1", "--eval-envs", "1", "eval.env.horizon=100", *OVERRIDES]
+CLI += [f"train.max_steps={CLI_STEPS}"]  # the last value of a key wins
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +118,7 @@ def test_fleet_records_are_standalone_records_that_say_they_ran_in_a_fleet(swept
         theirs = record_without_timing(path)
         assert mine.keys() == theirs.keys() and mine["config"].keys() == theirs["config"].keys()
         assert fleet_info["size"] == 4 and len(fleet_info["members"]) == 4
-        assert mine["gradient_steps"] == theirs["gradient_steps"] == STEPS
+        assert mine["gradient_steps"] == theirs["gradient_steps"] == CLI_STEPS
 
 
 def test_eval_reads_fleet_records_like_standalone_ones(swept):
@@ -141,7 +143,7 @@ def test_a_killed_fleet_resumes_and_writes_the_uninterrupted_records(encoder_fil
         "0",
         "1",
     ]
-    args += ["--episodes", "1", "--eval-envs", "1", "eval.env.horizon=100", *OVERRIDES, "train.max_steps=240"]
+    args += ["--episodes", "1", "--eval-envs", "1", "eval.env.horizon=100", *OVERRIDES, "train.max_steps=160"]
     args += ["--encoder", encoder_file, "--data", shard_dir, "--fleet"]
     killed = [*args, "--results", tmp_path / "killed", "--checkpoint-every", "40"]
     state = FoundLater(str(tmp_path / "killed/.checkpoints/curl/offline_bc/fleet-*/state.pt"))

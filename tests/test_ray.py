@@ -25,7 +25,7 @@ BC = (
 ).split()
 RAINBOW = (
     "--protocol rainbow --encoder random --preset tiny --split id --games breakout --seeds 0 1 --episodes 1 "
-    "--eval-envs 1 eval.env.horizon=100 --save-agent train.env_steps=800 train.learning_starts=100 "
+    "--eval-envs 1 eval.env.horizon=100 --save-agent train.env_steps=600 train.learning_starts=100 "
     "train.updates_per_step=1 train.batch_size=8 train.eps_decay_steps=200 replay.capacity=600 agent.n_step=3 "
     "--checkpoint-every 100"
 ).split()
@@ -64,9 +64,9 @@ def scenario(shard_dir, tmp_path_factory) -> tuple[Path, dict]:
     )
     assert rainbow_local.returncode == 0, rainbow_local.stderr[-2000:]
 
-    state = tmp / "rainbow_ray/.checkpoints/random/rainbow/breakout/seed0/state.pt"
+    states = [tmp / f"rainbow_ray/.checkpoints/random/rainbow/breakout/seed{k}/state.pt" for k in (0, 1)]
     args = [*sweep[1:-1], str(tmp / "ray"), "--killed", *RAINBOW, "--results", str(tmp / "rainbow_ray")]
-    args += ["--state", str(state)]
+    args += ["--states", *map(str, states)]
     inner = f"ip link set lo up && exec {sys.executable} -m tests.ray_scenario {tmp / 'report.json'} -- "
     proc = subprocess.run(
         ["unshare", "-n", "sh", "-c", inner + " ".join(f"'{a}'" for a in args)],
