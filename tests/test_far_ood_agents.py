@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from atari_pb.errors import UsageError
 from atari_pb.finetune.buffer_log import BufferLog, BufferLogConfig
@@ -130,3 +131,29 @@ def test_pretraining_refuses_the_nature_preset(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2 and "model.preset=nature" in proc.stderr and "valid: resnet50" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_buffer_log_state_survives_a_checkpoint(tmp_path):
+    """What a Rainbow checkpoint saves of the log (all but the frames, which travel through the mirror)
+    continues it exactly after torch.save / torch.load(weights_only=True)."""
+    cfg = BufferLogConfig(str(tmp_path), every=1000, size=5, delay=3)
+
+    def step(log: BufferLog, k: int) -> None:
+        log.add(
+            np.full((84, 84), k + 1, np.uint8), np.int64(k % 4), np.float64(1.0), np.bool_(k % 2), step=k + 1
+        )
+
+    live = BufferLog(cfg, get_game("klax"), run=1)
+    for k in range(7):
+        step(live, k)
+    assert sorted(live.slots_written_since(3).tolist()) == sorted(k % 5 for k in range(3, live.written))
+    torch.save(live.state_dict(), tmp_path / "log.pt")
+    resumed = BufferLog(cfg, get_game("klax"), run=1)
+    resumed.load_state_dict(torch.load(tmp_path / "log.pt", weights_only=True))
+    resumed.frames[:] = live.frames  # the mirror's part
+    for k in range(7, 12):
+        step(live, k)
+        step(resumed, k)
+    assert resumed.written == live.written == 12 - 2
+    for name in ("frames", "actions", "rewards", "dones"):
+        assert np.array_equal(getattr(resumed, name), getattr(live, name)), name
