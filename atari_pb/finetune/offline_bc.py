@@ -26,7 +26,7 @@ from atari_pb.core.device import pick_device
 from atari_pb.core.schedules import epoch_steps, warmup_cosine
 from atari_pb.data import SampleSpec, ShardSet, ShardStream, make_loader
 from atari_pb.envs.atari import num_actions as game_actions
-from atari_pb.errors import UsageError
+from atari_pb.errors import DataError, UsageError
 from atari_pb.finetune.base import FinetuneResult, FinetuneTask, Protocol, load_protocol_config, register
 from atari_pb.finetune.resume import JobCheckpoint
 from atari_pb.games import Game
@@ -115,6 +115,56 @@ class BCRun:
     seed: int
     device: torch.device
 
+    def inputs(self, batch: dict, step: int, augmented: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loader batch as (observations, logged actions) on the device, augmented as a function of
+        (seed, step)."""
+        obs, action = batch["obs"][:, 0].to(self.device), batch["action"][:, 0].to(self.device)
+        if augmented:
+            obs = augment(obs, BatchRandom.for_batch(self.seed, step, len(obs), self.device))
+        return obs, action
+
+    def learn(self, logits: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """One update from the agent's logits on a batch: cross-entropy, clipping, AdamW, the schedule."""
+        loss = F.cross_entropy(logits, action)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the trained weights (a frozen backbone is the encoder's and is not saved),
+        AdamW's state and the schedule's."""
+        frozen = not self.agent.train_backbone
+        weights = {
+            k: v for k, v in self.agent.state_dict().items() if not (frozen and k.startswith("backbone."))
+        }
+        return {
+            "agent": weights,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        missing, unexpected = self.agent.load_state_dict(state["agent"], strict=False)
+        if unexpected or any(not k.startswith("backbone.") for k in missing):
+            raise DataError(
+                f"an offline BC checkpoint of another network (missing {missing[:3]}, extra {unexpected[:3]})"
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def accuracies(self) -> tuple[float, float | None]:
+        """(train, held-out) accuracy of the logged actions, each on 1,024 transitions drawn from the seed."""
+        train = accuracy(self.agent, self.shards, 1024, self.seed + 1, self.device)
+        held = (
+            accuracy(self.agent, self.held, 1024, self.seed + 2, self.device)
+            if self.held is not None
+            else None
+        )
+        return train, held
+
     def stream(self, first: int = 0) -> ShardStream:
         """The run's batches from step `first` on (a function of (seed, step): resumable)."""
         spec = SampleSpec(n_step=0)
@@ -178,57 +228,31 @@ def train_offline_bc(
     """Offline BC on `game`'s shards; `checkpoint` saves the run every so many steps and continues a saved
     one exactly (the batches and augmentations are functions of (seed, step))."""
     run = setup_bc_run(game, encoder, shards_dir, num_actions, cfg, seed, train_backbone)
-    agent, optimizer, scheduler, steps, device = (
-        run.agent,
-        run.optimizer,
-        run.scheduler,
-        run.steps,
-        run.device,
-    )
     state = checkpoint.load() if checkpoint is not None else None
     first = 0
     if state is not None:
-        agent.load_state_dict(state["agent"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        run.load_state_dict(state)
         first = int(state["step"])
-    stream = run.stream(first)
-    bar = tqdm(
-        total=steps,
-        initial=first,
-        unit="step",
-        desc=f"offline_bc {game.name}",
-        disable=None if progress else True,
-    )
+    bar = tqdm(total=run.steps, initial=first, unit="step", desc=f"offline_bc {game.name}",
+               disable=None if progress else True)  # fmt: skip
     start = time.perf_counter()
-    for step, batch in enumerate(make_loader(stream, num_workers=cfg.loader_threads), start=first):
-        obs, action = batch["obs"][:, 0].to(device), batch["action"][:, 0].to(device)
-        x = augment(obs, BatchRandom.for_batch(seed, step, len(obs), device)) if cfg.augment else obs
-        loss = F.cross_entropy(agent(x), action)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(run.params, run.clip)
-        optimizer.step()
-        scheduler.step()
+    for step, batch in enumerate(make_loader(run.stream(first), num_workers=cfg.loader_threads), start=first):
+        obs, action = run.inputs(batch, step, cfg.augment)
+        loss = run.learn(run.agent(obs), action)
         bar.update()
-        if checkpoint is not None and step + 1 < steps and checkpoint.due(step + 1):
-            state = {"agent": agent.state_dict(), "optimizer": optimizer.state_dict()}
-            checkpoint.save(step + 1, state | {"scheduler": scheduler.state_dict()})
+        if checkpoint is not None and step + 1 < run.steps and checkpoint.due(step + 1):
+            checkpoint.save(step + 1, run.state_dict())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
-    result = BCResult(
-        agent=agent.eval(),
-        steps=steps,
-        train_accuracy=accuracy(agent, run.shards, 1024, seed + 1, device),
-        holdout_accuracy=accuracy(agent, run.held, 1024, seed + 2, device) if run.held is not None else None,
-        seconds=time.perf_counter() - start,
-    )
+    seconds = time.perf_counter() - start
+    train_accuracy, holdout_accuracy = run.accuracies()
+    result = BCResult(run.agent.eval(), run.steps, train_accuracy, holdout_accuracy, seconds)
     log.info(
         "offline_bc %s seed %d: %d steps, accuracy %.3f (held out: %s)",
         game.name,
         seed,
-        steps,
+        run.steps,
         result.train_accuracy,
         result.holdout_accuracy,
     )

@@ -26,7 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from atari_pb.errors import AtariPBError, UsageError
-from atari_pb.finetune.run import Job, JobOutput, compute_unit, describe, work_units, write_unit
+from atari_pb.finetune.run import Job, JobOutput, compute_unit, describe, unfinished, work_units, write_unit
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +122,7 @@ def finetune_on_ray(
 ) -> tuple[list[Path], list[str]]:
     """Like finetune.run.finetune: (records written, one error line per failed job or fleet). A fleet is one
     task with the resources given per job (give it a whole device: --gpus-per-job 1)."""
-    from atari_pb.eval.records import record_path
-
-    todo = [
-        j for j in jobs if not record_path(Path(j.results), j.method, j.protocol, j.game, j.seed).exists()
-    ]
-    log.info("finetune on Ray: %d jobs, %d already finished", len(jobs), len(jobs) - len(todo))
-    units = work_units(todo, fleet_size)
+    units = work_units(unfinished(jobs), fleet_size)
     if not units:
         return [], []
     ray = connect(options)

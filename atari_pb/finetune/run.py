@@ -470,10 +470,7 @@ def finetune(jobs: Sequence[Job], workers: int = 1, fleet_size: int = 0) -> tupl
     """Run the jobs whose record does not exist yet; returns (records written, one error line per failed
     job or fleet). A failing one does not stop the others. `fleet_size` > 0 trains the jobs that share a
     frozen backbone as fleets of at most that many agents (compute_fleet), one fleet per worker."""
-    todo = [
-        j for j in jobs if not record_path(Path(j.results), j.method, j.protocol, j.game, j.seed).exists()
-    ]
-    log.info("finetune: %d jobs, %d already finished", len(jobs), len(jobs) - len(todo))
+    todo = unfinished(jobs)
     units = work_units(todo, fleet_size)
     written, errors = [], []
     if workers <= 1:
@@ -500,6 +497,15 @@ def finetune(jobs: Sequence[Job], workers: int = 1, fleet_size: int = 0) -> tupl
                 except AtariPBError as err:
                     errors.append(f"{describe(unit)}: {err}")
     return written, errors
+
+
+def unfinished(jobs: Sequence[Job]) -> list[Job]:
+    """The jobs whose record does not exist yet (a finished record is never recomputed)."""
+    todo = [
+        j for j in jobs if not record_path(Path(j.results), j.method, j.protocol, j.game, j.seed).exists()
+    ]
+    log.info("finetune: %d jobs, %d already finished", len(jobs), len(jobs) - len(todo))
+    return todo
 
 
 def work_units(jobs: Sequence[Job], fleet_size: int) -> list[tuple[Job, ...]]:
