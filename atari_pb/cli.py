@@ -282,7 +282,15 @@ def cmd_leaderboard(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
-    from atari_pb.finetune.run import finetune, games_by_split, plan
+    from atari_pb.core.device import available_memory
+    from atari_pb.finetune.run import (
+        DEFAULT_FLEET_SIZE,
+        check_fleetable,
+        finetune,
+        fitting_fleet_size,
+        games_by_split,
+        plan,
+    )
 
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be >= 1")
@@ -292,6 +300,8 @@ def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
         f"{k}={v}" for k, v in (("episodes", args.episodes), ("num_envs", args.eval_envs)) if v is not None
     ] + [o.removeprefix("eval.") for o in overrides if o.startswith("eval.")]
     overrides = [o for o in overrides if not o.startswith("eval.")]
+    if args.fleet:  # before any data is read
+        check_fleetable(args.protocol, args.encoder)
     if args.method and len(args.encoder) > 1:
         raise UsageError("--method names one encoder's results; give it with a single --encoder")
     jobs = [
@@ -315,7 +325,7 @@ def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
     ]
     if args.checkpoint_every < 0:
         raise UsageError(f"--checkpoint-every {args.checkpoint_every}: must be >= 0")
-    if args.fleet_size < 1:
+    if args.fleet_size is not None and args.fleet_size < 1:
         raise UsageError(f"--fleet-size {args.fleet_size}: must be >= 1")
     checkpoints = str(args.checkpoints or args.results / ".checkpoints")
     jobs = [
@@ -328,7 +338,12 @@ def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
         )
         for job in jobs
     ]
-    fleet_size = args.fleet_size if args.fleet else 0
+    fleet_size = (args.fleet_size or DEFAULT_FLEET_SIZE) if args.fleet else 0
+    if args.fleet and args.backend == "local":  # sized to this machine's memory (Ray: each task declares it)
+        available = available_memory()  # shared by the pool's workers, one fleet each
+        fleet_size = fitting_fleet_size(
+            jobs, args.fleet_size, available // args.workers if available else None
+        )
     if args.backend == "ray":
         from atari_pb.finetune.ray_backend import RayOptions, finetune_on_ray
 
@@ -537,10 +552,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--fleet",
         action="store_true",
         help="train the agents that share one frozen backbone (an encoder's games x seeds) in lockstep in one "
-        "process, one backbone pass for all (protocols that train fleets: offline_bc; not e2e)",
+        "process, one backbone pass for all (protocols that train fleets: offline_bc, rainbow; not e2e)",
     )
     p.add_argument(
-        "--fleet-size", type=int, default=16, help="--fleet: at most this many agents a fleet (default 16)"
+        "--fleet-size",
+        type=int,
+        help="--fleet: at most this many agents a fleet (default 16, or fewer if their replays would not fit in "
+        "memory; a size that does not fit is refused)",
     )
     p.add_argument(
         "--address", help="--backend ray: the cluster's address (default: start Ray on this machine)"

@@ -1,4 +1,4 @@
-"""Fleet fine-tuning (`finetune --fleet`, atari_pb/finetune/offline_bc_fleet.py): agents that share one frozen
+"""Fleet fine-tuning (`finetune --fleet`, atari_pb/finetune/offline_bc_fleet.py and rainbow_fleet.py): agents that share one frozen
 backbone trained in lockstep with one backbone pass per step. A fleet of one is the standalone job bit for
 bit; in a fleet of several each agent matches its standalone run to floating-point tolerance; a killed
 fleet resumes; its records are standalone records plus `config.fleet`, and `eval` reads them alike."""
@@ -9,6 +9,7 @@ import glob
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,9 @@ from atari_pb.envs.atari import num_actions
 from atari_pb.finetune.base import FinetuneTask
 from atari_pb.finetune.offline_bc import load_offline_bc_config, train_offline_bc
 from atari_pb.finetune.offline_bc_fleet import train_offline_bc_fleet
+from atari_pb.finetune.rainbow import RainbowAgent, load_rainbow_config, train_rainbow
+from atari_pb.finetune.rainbow_fleet import train_rainbow_fleet
+from atari_pb.finetune.resume import JobCheckpoint
 from atari_pb.games import get_game
 from atari_pb.models.encoder import Encoder, ModelConfig, export_encoder
 from tests.conftest import one_error_line, run_cli
@@ -175,7 +179,7 @@ class FoundLater(os.PathLike):
         return glob.glob(self.pattern)[0]
 
 
-BAD = ["finetune", "--split", "id", "--games", "breakout", "--seeds", "0"]
+BAD = ["finetune", "--split", "id", "--games", "breakout", "boxing", "--seeds", "0"]
 
 
 @pytest.mark.parametrize(
@@ -183,8 +187,21 @@ BAD = ["finetune", "--split", "id", "--games", "breakout", "--seeds", "0"]
     [
         (["--protocol", "offline_bc", "--encoder", "e2e", "--fleet"], "--fleet with e2e"),
         (
-            ["--protocol", "rainbow", "--encoder", "random", "--fleet"],
-            "does not train fleets (those that do: offline_bc)",
+            ["--protocol", "probe", "--encoder", "random", "--fleet"],
+            "does not train fleets (those that do: offline_bc, rainbow)",
+        ),
+        (  # 1e8 frames of replay are ~660 GiB an agent: not two of them
+            [
+                "--protocol",
+                "rainbow",
+                "--encoder",
+                "random",
+                "--fleet",
+                "--fleet-size",
+                "2",
+                "replay.capacity=100000000",
+            ],
+            "--fleet-size 2: a rainbow agent holds up to 660.",
         ),
         (
             ["--protocol", "offline_bc", "--encoder", "random", "--fleet", "--fleet-size", "0"],
@@ -198,3 +215,133 @@ def test_bad_fleet_requests(shard_dir, tmp_path, extra, words):
     )
     assert words in one_error_line(proc, 2)
     assert not list(tmp_path.rglob("*.json"))
+
+
+# ------------------------------------------------------------------------------------------ Rainbow fleets
+RAINBOW_STEPS = ["train.env_steps=300", "train.learning_starts=60", "train.updates_per_step=1",
+                 "train.batch_size=16", "train.eps_decay_steps=150", "replay.capacity=600", "agent.n_step=3"]  # fmt: skip
+RAINBOW_UPDATES = 241  # one a step from step 60
+RAINBOW_MEMBERS = [("breakout", 1), ("pong", 0)]
+
+
+def rainbow_alone(encoder: Encoder, game: str, seed: int):
+    return train_rainbow(get_game(game), encoder, load_rainbow_config(RAINBOW_STEPS), seed, progress=False)
+
+
+def rainbow_fleet(encoder: Encoder, members, checkpoint=None):
+    tasks = [FinetuneTask(get_game(g), encoder, s, progress=False) for g, s in members]
+    return train_rainbow_fleet(
+        load_rainbow_config(RAINBOW_STEPS), tasks, progress=False, checkpoint=checkpoint
+    )
+
+
+@pytest.fixture(scope="module")
+def rainbow_standalone(encoder):
+    return {member: rainbow_alone(encoder, *member) for member in RAINBOW_MEMBERS}
+
+
+@pytest.fixture(scope="module")
+def rainbow_fleet_of_two(encoder):
+    return rainbow_fleet(encoder, RAINBOW_MEMBERS)
+
+
+def test_a_rainbow_fleet_of_one_is_the_standalone_job_bit_for_bit(encoder, rainbow_standalone):
+    alone = rainbow_standalone[RAINBOW_MEMBERS[0]]
+    (one,) = rainbow_fleet(encoder, RAINBOW_MEMBERS[:1])
+    a, b = trained(alone.agent), trained(one.agent)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert one.metrics == alone.metrics and one.updates == alone.updates == RAINBOW_UPDATES
+    assert np.array_equal(one.episode_returns, alone.episode_returns) and one.env_steps == alone.env_steps
+
+
+def test_each_rainbow_agent_of_a_fleet_matches_its_standalone_run(
+    encoder, rainbow_standalone, rainbow_fleet_of_two
+):
+    """Tolerance 1e-3 on every trained weight and on the last loss after 241 updates. The fleet's backbone
+    runs on both agents' inputs at once (acting: their greedy rows; learning: both (obs, successor) batches).
+    Where a convolution's summation order depends on the batch size (cuDNN's and oneDNN's algorithm choice),
+    features differ in the last bits; Adam carries that into the heads, and if it ever flips a greedy action
+    or a C51 target's argmax the two runs then take different actions and replay different data: the agent
+    is then an equally valid run, not the same one. Measured on this CPU with the tiny preset: no
+    difference at all (0.0), the same episodes; the tolerance is for other machines and devices."""
+    for member, result in zip(RAINBOW_MEMBERS, rainbow_fleet_of_two, strict=True):
+        alone = rainbow_standalone[member]
+        a, b = trained(alone.agent), trained(result.agent)
+        worst = max((a[k] - b[k]).abs().max().item() for k in a)
+        assert worst < 1e-3, f"{member}: max |difference| {worst:g}"
+        assert abs(result.metrics["loss"] - alone.metrics["loss"]) < 1e-3
+        assert result.updates == alone.updates == RAINBOW_UPDATES
+        torch.manual_seed(member[1])  # the standalone run's initial neck and head, built again
+        init = trained(RainbowAgent(encoder, int(num_actions(get_game(member[0]))), alone.agent.cfg).online)
+        online = {k.removeprefix("online."): v for k, v in a.items() if k.startswith("online.")}
+        assert max((online[k] - init[k]).abs().max().item() for k in init) > 100 * worst  # it trained
+
+
+class KilledAfter(JobCheckpoint):
+    """A checkpoint whose process dies right after its `updates`-th update is saved: before the frames of
+    that checkpoint reach the mirrors (the worst moment, resume.FrameMirror)."""
+
+    def __init__(self, *args, updates: int):
+        super().__init__(*args)
+        self.kill_at = updates
+
+    def save(self, step, state):
+        super().save(step, state)
+        if step >= self.kill_at:
+            raise KeyboardInterrupt
+
+
+def test_a_killed_rainbow_fleet_resumes_to_the_uninterrupted_agents(encoder, rainbow_fleet_of_two, tmp_path):
+    identity = {"job": {"members": [f"{g}/{s}" for g, s in RAINBOW_MEMBERS]}}
+    killed = KilledAfter(tmp_path, "finetune-rainbow-fleet", identity, 60, updates=120)
+    with pytest.raises(KeyboardInterrupt):
+        rainbow_fleet(encoder, RAINBOW_MEMBERS, killed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "member0_replay_frames.u8", "member1_replay_frames.u8", "state.pt"
+    ]  # fmt: skip
+    again = JobCheckpoint(tmp_path, "finetune-rainbow-fleet", identity, 60)
+    resumed = rainbow_fleet(encoder, RAINBOW_MEMBERS, again)
+    assert again.last == 240  # loaded at 120, saved at 180 and 240
+    for whole, part in zip(rainbow_fleet_of_two, resumed, strict=True):
+        a, b = trained(whole.agent), trained(part.agent)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert np.array_equal(whole.episode_returns, part.episode_returns) and whole.metrics == part.metrics
+
+
+RAINBOW_CLI = [
+    "finetune",
+    "--protocol",
+    "rainbow",
+    "--encoder",
+    "random",
+    "--preset",
+    "tiny",
+    "--split",
+    "id",
+]
+RAINBOW_CLI += ["--games", "breakout", "boxing", "--seeds", "0", "--episodes", "1", "--eval-envs", "1"]
+RAINBOW_CLI += ["eval.env.horizon=100", "--save-agent", *RAINBOW_STEPS, "train.env_steps=150"]
+
+
+def test_rainbow_fleet_records_and_agents_are_the_standalone_ones(tmp_path):
+    """The random baseline's backbone is seeded by the job's seed: the two games of seed 0 make one fleet.
+    On this CPU the fleet's records equal the standalone ones but for `config.fleet` and timing, and so do
+    the saved agents; `eval` reads both alike."""
+    for name, extra in (("alone", []), ("fleet", ["--fleet"])):
+        proc = run_cli(*RAINBOW_CLI, "--results", tmp_path / name, *extra, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    alone = sorted((tmp_path / "alone").glob("random/rainbow/*/seed0.json"))
+    assert len(alone) == 2
+    for path in alone:
+        twin = tmp_path / "fleet" / path.relative_to(tmp_path / "alone")
+        mine = record_without_timing(twin)
+        assert mine["config"].pop("fleet") == {"size": 2, "members": ["breakout seed 0", "boxing seed 0"]}
+        assert mine == record_without_timing(path)
+        agent = "agents/seed0.safetensors"
+        assert (twin.parent / agent).read_bytes() == (path.parent / agent).read_bytes()
+    tables = []
+    for name in ("alone", "fleet"):
+        proc = run_cli("eval", "--results", tmp_path / name, "--split", "id", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        tables.append([ln for ln in proc.stdout.splitlines() if ln.startswith("| random |")])
+    assert tables[0] and tables[0] == tables[1]

@@ -17,11 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atari_pb.core.episodes import EpisodeTracker
-from atari_pb.core.policies import EpsilonGreedy
 from atari_pb.core.timing import Sections
-from atari_pb.envs.atari import make_vector_env
-from atari_pb.finetune.rainbow import RainbowAgent, _Learner, _RunState, load_rainbow_config, train_rainbow
+from atari_pb.finetune.rainbow import RainbowRun, load_rainbow_config, train_rainbow
 from atari_pb.finetune.replay import PrioritizedReplay
 from atari_pb.finetune.resume import STATE_FILE, JobCheckpoint
 from atari_pb.games import get_game
@@ -139,13 +136,10 @@ def test_a_restored_replay_holds_what_the_saved_one_held(tmp_path):
     live = sections.kept["replay"]
     assert checkpoint.last == 300 and int(live.written.sum()) > cfg.replay.capacity  # the ring wrapped
 
-    env, obs = make_vector_env(game, 1, cfg.env, 0)
-    agent = RainbowAgent(encoder, 4, cfg.agent, 0)
-    replay = PrioritizedReplay(cfg.replay.capacity, 1, cfg.agent.n_step, cfg.agent.gamma, 0.5, 4, seed=0)
-    policy = EpsilonGreedy(lambda rows: np.zeros(len(rows), np.int64), 4, [[0, 0]])
-    learner = _Learner(agent, replay, cfg, Sections())
     fresh = JobCheckpoint(tmp_path / "ckpt", "finetune-rainbow", identity, every=100)
-    _, steps, _ = _RunState(fresh, env, agent, replay, policy, EpisodeTracker(1), learner, None).restore(obs)
+    run = RainbowRun(game, encoder, cfg, 0, "cpu")
+    run.restore(fresh.load(), fresh.dir)
+    replay, steps, learner = run.replay, run.steps, run.learner
     assert steps == 399 and learner.updates == 300
     for name in ("frame", *PrioritizedReplay.STATE_ARRAYS, "new_episode"):
         assert np.array_equal(getattr(replay, name), getattr(live, name)), name

@@ -18,3 +18,15 @@ def pick_device(name: str, key: str = "device") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"{key}={name}: no CUDA device here; valid: auto, cpu")
     return device
+
+
+def available_memory() -> int | None:
+    """Bytes of host memory available to new work (Linux's MemAvailable); None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

@@ -74,9 +74,9 @@ class EpsilonGreedy:
         self, obs: np.ndarray, epsilon: float | None = None, active: np.ndarray | None = None
     ) -> np.ndarray:
         """Actions (N,) int64; envs outside `active` (a bool mask) get their random action, unasked."""
-        epsilon = self.epsilon if epsilon is None else epsilon
-        u, actions = self.draws.draw()
-        use_greedy = u >= epsilon if active is None else active & (u >= epsilon)
+        use_greedy, actions = self.explore(epsilon)
+        if active is not None:
+            use_greedy &= active
         if use_greedy.all():
             return np.asarray(self.greedy(obs), dtype=np.int64)
         if use_greedy.any():
@@ -84,3 +84,10 @@ class EpsilonGreedy:
             actions = actions.copy()
             actions[rows] = self.greedy(obs[rows])
         return actions
+
+    def explore(self, epsilon: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """This step's draws, for a caller that computes the greedy actions itself (a fleet, in one pass over
+        its agents): (bool (N,): the envs that act greedily, (N,) int64: the random actions of the others)."""
+        epsilon = self.epsilon if epsilon is None else epsilon
+        u, actions = self.draws.draw()
+        return u >= epsilon, actions

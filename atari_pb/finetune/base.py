@@ -113,6 +113,12 @@ class Protocol:
     def save_agent(cls, result: FinetuneResult, game: Game, path: Path) -> Path:
         raise UsageError(f"the {cls.name} protocol cannot save its agents")
 
+    @staticmethod
+    def fleet_member_bytes(cfg: Any) -> int:
+        """`fleet` protocols: the most host memory one agent of a fleet holds beyond the shared backbone
+        (Rainbow: its replay), which sizes fleets to the machine (0: small enough not to count)."""
+        return 0
+
     @classmethod
     def train_fleet(
         cls,

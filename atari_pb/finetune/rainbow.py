@@ -214,9 +214,14 @@ class RainbowAgent(nn.Module):
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         """Greedy actions (B,) int64 for uint8 (B, frames, 84, 84) stacks, with the acting network."""
-        target = self.cfg.act_with == "target"
         obs = torch.as_tensor(obs).to(self.device)
-        return self.q_values(self.logits(self.features(obs, target), target)).argmax(-1)
+        return self.greedy(self.features(obs, self.cfg.act_with == "target"))
+
+    @torch.no_grad()
+    def greedy(self, features: torch.Tensor) -> torch.Tensor:
+        """Greedy actions (B,) from the acting network's backbone features (`act`, or a fleet's shared pass)."""
+        target = self.cfg.act_with == "target"
+        return self.q_values(self.logits(features, target)).argmax(-1)
 
     def save(self, game: Game, path: str | Path) -> Path:
         """The acting network as an agent file (`collect --policy eps-greedy:<path>`)."""
@@ -234,20 +239,8 @@ class RainbowAgent(nn.Module):
         """One gradient step of double-Q C51 on `batch` (returns already n-step and of clipped rewards),
         each sample's loss scaled by its importance weight. Returns each sample's cross-entropy (the new
         priorities) and a few scalars."""
-        cfg, dev, b = self.cfg, self.device, len(batch.actions)
-        obs = torch.from_numpy(batch.obs).to(dev)
-        next_obs = torch.from_numpy(batch.next_obs).to(dev)
-        actions = torch.from_numpy(batch.actions).to(dev)
-        returns = torch.from_numpy(batch.returns).to(dev)
-        discounts = torch.from_numpy(batch.discounts).to(dev)
-        weights = torch.as_tensor(weights, dtype=torch.float32).to(dev)
-
-        # the pair is augmented in one call, so obs and next_obs get independent shifts and jitters
-        pair = torch.cat([obs, next_obs])
-        if cfg.augment:
-            rand = BatchRandom.for_batch(self.seed, self.updates, 2 * b, dev)
-            aug = augment(pair, rand)
-            pair = aug if cfg.augment_target else torch.cat([aug[:b], next_obs.float().div(255.0)])
+        b = len(batch.actions)
+        pair = self.augmented_pair(batch)
         if self.train_backbone:
             features = self.features(pair[:b])
             with torch.no_grad():
@@ -257,7 +250,36 @@ class RainbowAgent(nn.Module):
             with torch.no_grad():
                 features, next_features = self.features(pair).split(b)
             next_target_features = next_features
+        return self.learn(batch, weights, features, next_features, next_target_features)
 
+    def augmented_pair(self, batch: ReplayBatch) -> torch.Tensor:
+        """The batch's observations and n-step successors stacked (2B, F, 84, 84), as this update's backbone
+        pass sees them. The pair is augmented in one call, so obs and next_obs get independent shifts and
+        jitters, drawn from (seed, updates)."""
+        cfg, dev, b = self.cfg, self.device, len(batch.actions)
+        next_obs = torch.from_numpy(batch.next_obs).to(dev)
+        pair = torch.cat([torch.from_numpy(batch.obs).to(dev), next_obs])
+        if cfg.augment:
+            rand = BatchRandom.for_batch(self.seed, self.updates, 2 * b, dev)
+            aug = augment(pair, rand)
+            pair = aug if cfg.augment_target else torch.cat([aug[:b], next_obs.float().div(255.0)])
+        return pair
+
+    def learn(
+        self,
+        batch: ReplayBatch,
+        weights: np.ndarray | torch.Tensor,
+        features: torch.Tensor,
+        next_features: torch.Tensor,
+        next_target_features: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The update from the backbone's features of the pair (`update`, or a fleet's shared pass): the
+        C51 target, the weighted cross-entropy, Adam with gradient clipping, the EMA target."""
+        cfg, dev, b = self.cfg, self.device, len(batch.actions)
+        actions = torch.from_numpy(batch.actions).to(dev)
+        returns = torch.from_numpy(batch.returns).to(dev)
+        discounts = torch.from_numpy(batch.discounts).to(dev)
+        weights = torch.as_tensor(weights, dtype=torch.float32).to(dev)
         with torch.no_grad():
             next_target_logits = self.logits(next_target_features, target=True)  # (B, A, K)
             q_select = self.q_values(self.logits(next_features) if cfg.double_q else next_target_logits)
@@ -315,173 +337,210 @@ def train_rainbow(
     backbone too (the `e2e` baseline); `sections` times the loop's parts (bench/); `checkpoint` saves the
     whole run every so many updates and continues a saved one (atari_pb.finetune.resume)."""
     check(cfg)
-    a, t = cfg.agent, cfg.train
-    device = pick_device(t.device, "train.device")
-    n = t.num_envs
-    torch.manual_seed(seed)
-
-    env, obs = make_vector_env(game, n, cfg.env, seed)
-    num_actions = int(env.single_action_space.n)
-    agent = RainbowAgent(encoder, num_actions, a, seed, device, train_backbone)
-    replay = PrioritizedReplay(
-        cfg.replay.capacity, n, a.n_step, a.gamma, cfg.replay.priority_exponent, cfg.env.frames, seed=seed
+    t = cfg.train
+    run = RainbowRun(
+        game, encoder, cfg, seed, pick_device(t.device, "train.device"), train_backbone, sections
     )
-    sections.keep(replay=replay, agent=agent)
-
-    def greedy(rows: np.ndarray) -> np.ndarray:
-        with sections("agent.act"):
-            return agent.act(torch.from_numpy(rows)).cpu().numpy()
-
-    # env i explores with its own generator, seeded (seed, i)
-    policy = EpsilonGreedy(greedy, num_actions, [[seed, i] for i in range(n)])
-    learner = _Learner(agent, replay, cfg, sections)
-    episodes = EpisodeTracker(n)
-    # the released Far-OOD data generator's log of its training buffer; run = seed + 1 (seed 0 -> run 1)
-    buffer_log = BufferLog(cfg.buffer_log, game, run=seed + 1) if cfg.buffer_log.dir else None
-    run = _RunState(checkpoint, env, agent, replay, policy, episodes, learner, buffer_log, sections)
-    obs, steps, finished = run.restore(obs)
-    bar = tqdm(
-        total=t.env_steps,
-        initial=steps,
-        unit="step",
-        desc=f"rainbow {game.name}",
-        disable=None if progress else True,
-    )
+    checkpoint = run.usable(checkpoint)
+    state = checkpoint.load() if checkpoint is not None else None
+    run.restore(state, checkpoint.dir if checkpoint is not None else None)
+    bar = tqdm(total=t.env_steps, initial=run.steps, unit="step", desc=f"rainbow {game.name}",
+               disable=None if progress else True)  # fmt: skip
     start = time.perf_counter()
     try:
-        while steps < t.env_steps:
-            # epsilon-greedy: 1 until learning starts, then linearly down to eps_end
-            eps = linear(t.eps_start, t.eps_end, (steps - t.learning_starts) / t.eps_decay_steps)
-            actions = policy.act(obs, eps)
-            with sections("env.step"):
-                next_obs, reward, terminated, truncated, info = env.step(actions)
-            if not np.array_equal(info["env_id"], np.arange(n)):  # the replay's streams assume env order
-                raise RuntimeError(f"the vector env returned envs {info['env_id']} out of order")
-            ended = terminated | truncated
-            # a life lost in an episode that goes on, by the env's rule (the released env's: lives below
-            # the count at its last reset or loss); after one the released env restarts its stack from zeros
-            lost_life = info["lost_life"] & a.life_loss_terminal
-            final = info["final_obs"][:, -1] if ended.any() else None
-            with sections("replay.add"):  # rewards are clipped for learning only; scores stay raw
-                replay.add(
-                    obs[:, -1],
-                    actions,
-                    np.sign(reward),
-                    terminated | lost_life,
-                    ended,
-                    final,
-                    info["stack_reset"],
-                )
-            if buffer_log is not None:  # one env; a lost life ends a logged episode, as the released `done`
-                buffer_log.add_step(
-                    obs, actions, reward, ended | info["lost_life"], steps + n, t.learning_starts
-                )
-            finished += [(ret, length) for _, ret, length in episodes.step(reward, ended)]
-            obs = next_obs
-            steps += n
-
-            # the replay ratio is per agent step: a vector step of n envs earns n times the updates
-            if steps >= t.learning_starts and replay.tree.total > 0:
-                learner.learn(t.updates_per_step * n)
-            bar.update(n)
-            run.maybe_save(obs, steps, finished)
-            if steps % t.log_every < n:
-                recent = [r for r, _ in finished[-10:]]
-                bar.set_postfix(
-                    eps=f"{eps:.2f}",
-                    loss=f"{learner.metrics.get('loss', float('nan')):.3f}",
-                    ret=f"{np.mean(recent):.1f}" if recent else "-",
-                )
+        while run.steps < t.env_steps:
+            run.act()
+            if run.learning:
+                run.learner.learn(run.updates_due)
+            bar.update(t.num_envs)
+            if checkpoint is not None and checkpoint.due(run.learner.updates):
+                with sections("checkpoint"):
+                    checkpoint.save(run.learner.updates, run.state())
+                    run.saved()
+            if run.steps % t.log_every < t.num_envs:
+                bar.set_postfix(run.postfix())
     finally:
         bar.close()
-        env.close()
-    return TrainResult(
-        agent=agent.eval(),
-        env_steps=steps,
-        updates=learner.updates,
-        episode_returns=np.array([r for r, _ in finished], dtype=np.float64),
-        episode_lengths=np.array([length for _, length in finished], dtype=np.int64),
-        seconds=time.perf_counter() - start,
-        metrics=learner.metrics,
-        buffer_files=[str(f) for f in buffer_log.files] if buffer_log is not None else [],
-    )
+        run.env.close()
+    return run.result(time.perf_counter() - start)
 
 
-class _RunState:
-    """Saves and restores everything a Rainbow run holds (agent, optimiser, replay, envs with their
-    emulators, exploration and replay generators, counters, the buffer log), so a resumed run continues
-    the interrupted one exactly. The replay's and the buffer log's frames are mirrored incrementally
-    (resume.FrameMirror): a checkpoint carries only the frames written since the previous one."""
+class RainbowRun:
+    """Everything one Rainbow agent's run holds, and its step, read in `train_rainbow`'s loop (and stepped in
+    lockstep with others by the fleet, rainbow_fleet.py): the env and its current observations, the agent,
+    the replay and its learner, the exploration policy with a generator per env, the episode bookkeeping and
+    the released buffer log. `state()` / `restore()` save and restore all of it, so a resumed run continues
+    the interrupted one exactly; the replay's and the buffer log's frames are mirrored incrementally
+    (resume.FrameMirror) in the checkpoint's directory, under `prefix` (a fleet's members share one)."""
 
-    def __init__(
-        self, checkpoint, env, agent, replay, policy, episodes, learner, buffer_log, sections=NO_TIMING
-    ):
-        if checkpoint is not None and not hasattr(env, "state_dict"):
+    def __init__(self, game, encoder, cfg, seed, device, train_backbone=False, sections=NO_TIMING, prefix=""):
+        a, n = cfg.agent, cfg.train.num_envs
+        self.game, self.cfg, self.seed, self.sections, self.prefix = game, cfg, seed, sections, prefix
+        torch.manual_seed(seed)
+        self.env, self.obs = make_vector_env(game, n, cfg.env, seed)
+        num_actions = int(self.env.single_action_space.n)
+        self.agent = RainbowAgent(encoder, num_actions, a, seed, device, train_backbone)
+        self.replay = PrioritizedReplay(
+            cfg.replay.capacity, n, a.n_step, a.gamma, cfg.replay.priority_exponent, cfg.env.frames, seed=seed
+        )
+        sections.keep(replay=self.replay, agent=self.agent)
+        # env i explores with its own generator, seeded (seed, i)
+        self.policy = EpsilonGreedy(self._greedy, num_actions, [[seed, i] for i in range(n)])
+        self.learner = _Learner(self.agent, self.replay, cfg, sections)
+        self.episodes = EpisodeTracker(n)
+        # the released Far-OOD data generator's log of its training buffer; run = seed + 1 (seed 0 -> run 1)
+        self.buffer_log = BufferLog(cfg.buffer_log, game, run=seed + 1) if cfg.buffer_log.dir else None
+        self.steps, self.finished, self.eps = 0, [], 1.0
+        self.mirrors: dict[str, FrameMirror] = {}
+
+    def _greedy(self, rows: np.ndarray) -> np.ndarray:
+        with self.sections("agent.act"):
+            return self.agent.act(torch.from_numpy(rows)).cpu().numpy()
+
+    def usable(self, checkpoint: JobCheckpoint | None) -> JobCheckpoint | None:
+        if checkpoint is not None and not hasattr(self.env, "state_dict"):
             log.warning("rainbow: this env cannot save its emulators' state (env: not the released one); "
                         "the job runs without checkpoints")  # fmt: skip
-            checkpoint = None
-        self.checkpoint, self.env, self.agent, self.replay = checkpoint, env, agent, replay
-        self.policy, self.episodes, self.learner, self.buffer_log = policy, episodes, learner, buffer_log
-        self.sections = sections  # times each save as "checkpoint" (bench/resume.py)
-        if checkpoint is not None:
-            self.replay_frames = FrameMirror(checkpoint.dir, "replay_frames", replay.frame)
-            self.replay_written = replay.written.copy()
-            if buffer_log is not None:
-                self.log_frames = FrameMirror(checkpoint.dir, "buffer_log_frames", buffer_log.frames)
-                self.log_written = buffer_log.written
+            return None
+        return checkpoint
 
-    def restore(self, obs: np.ndarray) -> tuple[np.ndarray, int, list[tuple[float, int]]]:
-        state = self.checkpoint.load() if self.checkpoint is not None else None
+    @property
+    def epsilon(self) -> float:
+        """1 until learning starts, then linearly down to eps_end."""
+        t = self.cfg.train
+        return linear(t.eps_start, t.eps_end, (self.steps - t.learning_starts) / t.eps_decay_steps)
+
+    @property
+    def learning(self) -> bool:
+        return self.steps >= self.cfg.train.learning_starts and self.replay.tree.total > 0
+
+    @property
+    def updates_due(self) -> int:
+        """The replay ratio is per agent step: a vector step of n envs earns n times the updates."""
+        return self.cfg.train.updates_per_step * self.cfg.train.num_envs
+
+    def act(self, actions: np.ndarray | None = None) -> None:
+        """One vector step: choose epsilon-greedily (or take the `actions` a fleet chose with this run's
+        policy, `self.policy.explore`), step the envs, store the transitions."""
+        a, t, n = self.cfg.agent, self.cfg.train, self.cfg.train.num_envs
+        self.eps = self.epsilon
+        if actions is None:
+            actions = self.policy.act(self.obs, self.eps)
+        with self.sections("env.step"):
+            next_obs, reward, terminated, truncated, info = self.env.step(actions)
+        if not np.array_equal(info["env_id"], np.arange(n)):  # the replay's streams assume env order
+            raise RuntimeError(f"the vector env returned envs {info['env_id']} out of order")
+        ended = terminated | truncated
+        # a life lost in an episode that goes on, by the env's rule (the released env's: lives below
+        # the count at its last reset or loss); after one the released env restarts its stack from zeros
+        lost_life = info["lost_life"] & a.life_loss_terminal
+        final = info["final_obs"][:, -1] if ended.any() else None
+        with self.sections("replay.add"):  # rewards are clipped for learning only; scores stay raw
+            self.replay.add(
+                self.obs[:, -1],
+                actions,
+                np.sign(reward),
+                terminated | lost_life,
+                ended,
+                final,
+                info["stack_reset"],
+            )
+        if self.buffer_log is not None:  # one env; a lost life ends a logged episode, as the released `done`
+            self.buffer_log.add_step(
+                self.obs, actions, reward, ended | info["lost_life"], self.steps + n, t.learning_starts
+            )
+        self.finished += [(ret, length) for _, ret, length in self.episodes.step(reward, ended)]
+        self.obs = next_obs
+        self.steps += n
+
+    def postfix(self) -> dict[str, str]:
+        recent = [r for r, _ in self.finished[-10:]]
+        loss = self.learner.metrics.get("loss", float("nan"))
+        return {
+            "eps": f"{self.eps:.2f}",
+            "loss": f"{loss:.3f}",
+            "ret": f"{np.mean(recent):.1f}" if recent else "-",
+        }
+
+    def result(self, seconds: float) -> TrainResult:
+        return TrainResult(
+            agent=self.agent.eval(),
+            env_steps=self.steps,
+            updates=self.learner.updates,
+            episode_returns=np.array([r for r, _ in self.finished], dtype=np.float64),
+            episode_lengths=np.array([length for _, length in self.finished], dtype=np.int64),
+            seconds=seconds,
+            metrics=self.learner.metrics,
+            buffer_files=[str(f) for f in self.buffer_log.files] if self.buffer_log is not None else [],
+        )
+
+    # saving and restoring: `state()` is saved, then `saved()` writes its frames to the mirrors
+
+    def restore(self, state: dict | None, directory: Path | None) -> None:
+        """Continue from `state` (None: a fresh start) with the frame mirrors in `directory` (None: no
+        checkpoints)."""
+        if directory is not None:
+            self.mirrors = {
+                "replay": FrameMirror(directory, self.prefix + "replay_frames", self.replay.frame)
+            }
+            if self.buffer_log is not None:
+                self.mirrors["buffer_log"] = FrameMirror(
+                    directory, self.prefix + "buffer_log_frames", self.buffer_log.frames
+                )
         if state is None:
             if self.buffer_log is not None:
                 self.buffer_log.check_fresh()
-            return obs, 0, []
+            self._mark_saved()
+            return
         self.agent.load_checkpoint_state(state["agent"])
         self.replay.load_state_dict(state["replay"])
-        self.replay_frames.restore(state["replay_frames"])
-        self.replay_written = self.replay.written.copy()
         self.env.load_state_dict(state["env"])
         self.policy.draws.load_state_dict(state["policy"])
         self.episodes.load_state_dict(state["episodes"])
         self.learner.updates, self.learner.metrics = int(state["updates"]), dict(state["metrics"])
         if self.buffer_log is not None:
             self.buffer_log.load_state_dict(state["buffer_log"])
-            self.log_frames.restore(state["buffer_log_frames"])
-            self.log_written = self.buffer_log.written
-        finished = [(float(r), int(n)) for r, n in state["finished"]]
-        return state["obs"].numpy(), int(state["steps"]), finished
+        for name, mirror in self.mirrors.items():
+            mirror.restore(state[f"{name}_frames"])
+        self.finished = [(float(r), int(n)) for r, n in state["finished"]]
+        self.obs, self.steps = state["obs"].numpy(), int(state["steps"])
+        self._mark_saved()
 
-    def maybe_save(self, obs: np.ndarray, steps: int, finished: list[tuple[float, int]]) -> None:
-        if self.checkpoint is None or not self.checkpoint.due(self.learner.updates):
-            return
-        with self.sections("checkpoint"):
-            self._save(obs, steps, finished)
-
-    def _save(self, obs: np.ndarray, steps: int, finished: list[tuple[float, int]]) -> None:
-        replay_delta = self.replay_frames.delta(self.replay.slots_written_since(self.replay_written))
+    def state(self) -> dict:
+        logs = {"replay": self.replay} | (
+            {"buffer_log": self.buffer_log} if self.buffer_log is not None else {}
+        )
+        self._deltas = {
+            name: self.mirrors[name].delta(part.slots_written_since(self._written[name]))
+            for name, part in logs.items()
+        }
         state = {
             "agent": self.agent.checkpoint_state(),
             "replay": self.replay.state_dict(),
-            "replay_frames": replay_delta,
             "env": self.env.state_dict(),
             "policy": self.policy.draws.state_dict(),
             "episodes": self.episodes.state_dict(),
             "updates": self.learner.updates,
             "metrics": dict(self.learner.metrics),
-            "finished": list(finished),
-            "obs": torch.from_numpy(obs.copy()),
-            "steps": steps,
+            "finished": list(self.finished),
+            "obs": torch.from_numpy(self.obs.copy()),
+            "steps": self.steps,
+            **{f"{name}_frames": delta for name, delta in self._deltas.items()},
         }
         if self.buffer_log is not None:
-            log_delta = self.log_frames.delta(self.buffer_log.slots_written_since(self.log_written))
-            state |= {"buffer_log": self.buffer_log.state_dict(), "buffer_log_frames": log_delta}
-        self.checkpoint.save(self.learner.updates, state)
-        # the checkpoint is on disk: now its frames go to the mirrors (re-applied on load after a kill here)
-        self.replay_frames.apply(replay_delta)
-        self.replay_written = self.replay.written.copy()
+            state["buffer_log"] = self.buffer_log.state_dict()
+        return state
+
+    def saved(self) -> None:
+        """The state is on disk: now its frames go to the mirrors (re-applied on load after a kill here)."""
+        for name, delta in self._deltas.items():
+            self.mirrors[name].apply(delta)
+        self._mark_saved()
+
+    def _mark_saved(self) -> None:
+        self._written = {"replay": self.replay.written.copy()}
         if self.buffer_log is not None:
-            self.log_frames.apply(log_delta)
-            self.log_written = self.buffer_log.written
+            self._written["buffer_log"] = self.buffer_log.written
 
 
 class _Learner:
@@ -497,17 +556,38 @@ class _Learner:
         self.metrics: dict[str, float] = {}
 
     def learn(self, count: int) -> None:
-        r, timed = self.cfg.replay, self.sections
         for _ in range(count):
-            beta = linear(r.beta_start, r.beta_end, self.updates / self.total)
-            with timed("replay.sample"):
-                batch = self.replay.sample(self.cfg.train.batch_size, beta)
-            with timed("agent.update"):
-                loss_per_sample, self.metrics = self.agent.update(batch, batch.weights)
-            with timed("replay.update_priorities"):
-                # a floor keeps a transition whose target the agent already fits from starving
-                self.replay.update_priorities(batch.indices, loss_per_sample.clamp_min(1e-5).cpu().numpy())
-            self.updates += 1
+            batch = self.sample()
+            with self.sections("agent.update"):
+                loss_per_sample, metrics = self.agent.update(batch, batch.weights)
+            self.finish(batch, loss_per_sample, metrics)
+
+    def sample(self) -> ReplayBatch:
+        r = self.cfg.replay
+        beta = linear(r.beta_start, r.beta_end, self.updates / self.total)
+        with self.sections("replay.sample"):
+            return self.replay.sample(self.cfg.train.batch_size, beta)
+
+    def finish(self, batch: ReplayBatch, loss_per_sample: torch.Tensor, metrics: dict[str, float]) -> None:
+        with self.sections("replay.update_priorities"):
+            # a floor keeps a transition whose target the agent already fits from starving
+            self.replay.update_priorities(batch.indices, loss_per_sample.clamp_min(1e-5).cpu().numpy())
+        self.metrics = metrics
+        self.updates += 1
+
+
+def finetune_result(r: TrainResult) -> FinetuneResult:
+    """What the sweep records of a run (standalone or in a fleet)."""
+    return FinetuneResult(
+        agent=r.agent,
+        gradient_steps=r.updates,
+        env_steps=r.env_steps,
+        seconds=r.seconds,
+        summary={
+            "train_episode_returns": [float(x) for x in r.episode_returns[-10:]],
+            **({"buffer_files": r.buffer_files} if r.buffer_files else {}),
+        },
+    )
 
 
 @register
@@ -516,6 +596,7 @@ class Rainbow(Protocol):
 
     name = "rainbow"
     resumable = True
+    fleet = True
     Config = RainbowConfig
     can_save_agent = True
 
@@ -539,16 +620,24 @@ class Rainbow(Protocol):
             task.sections,
             task.checkpoint,
         )
-        return FinetuneResult(
-            agent=r.agent,
-            gradient_steps=r.updates,
-            env_steps=r.env_steps,
-            seconds=r.seconds,
-            summary={
-                "train_episode_returns": [float(x) for x in r.episode_returns[-10:]],
-                **({"buffer_files": r.buffer_files} if r.buffer_files else {}),
-            },
-        )
+        return finetune_result(r)
+
+    @staticmethod
+    def fleet_member_bytes(cfg: RainbowConfig) -> int:
+        """The replay when full, and the released buffer log if one is kept (frame + 3 float64 a row)."""
+        log_rows = cfg.buffer_log.size if cfg.buffer_log.dir else 0
+        return cfg.replay.capacity * PrioritizedReplay.slot_bytes() + log_rows * (84 * 84 + 3 * 8)
+
+    @staticmethod
+    def train_fleet(
+        cfg: RainbowConfig,
+        tasks: list[FinetuneTask],
+        progress: bool = True,
+        checkpoint: JobCheckpoint | None = None,
+    ) -> list[FinetuneResult]:
+        from atari_pb.finetune.rainbow_fleet import train_rainbow_fleet
+
+        return [finetune_result(r) for r in train_rainbow_fleet(cfg, tasks, progress, checkpoint)]
 
     @staticmethod
     def save_agent(result: FinetuneResult, game: Game, path: Path) -> Path:

@@ -26,7 +26,17 @@ from pathlib import Path
 from tqdm import tqdm
 
 from atari_pb.errors import AtariPBError, UsageError
-from atari_pb.finetune.run import Job, JobOutput, compute_unit, describe, unfinished, work_units, write_unit
+from atari_pb.finetune.run import (
+    Job,
+    JobOutput,
+    compute_unit,
+    describe,
+    is_fleet,
+    member_bytes,
+    unfinished,
+    work_units,
+    write_unit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,23 +95,27 @@ def connect(options: RayOptions):
     return ray
 
 
-def check_resources(ray, options: RayOptions) -> None:
-    """A job must fit on at least one node, or it would wait forever."""
+def check_resources(ray, options: RayOptions, memory: int = 0) -> None:
+    """A job (or a fleet, with `memory` bytes for its agents) must fit on at least one node, or it would
+    wait forever."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     fits = [
         n
         for n in nodes
         if n["Resources"].get("CPU", 0) >= options.cpus_per_job
         and n["Resources"].get("GPU", 0) >= options.gpus_per_job
+        and n["Resources"].get("memory", 0) >= memory
     ]
     if not fits:
         have = ", ".join(
-            f"{n['NodeManagerAddress']}: {n['Resources'].get('CPU', 0):g} CPU, {n['Resources'].get('GPU', 0):g} GPU"
+            f"{n['NodeManagerAddress']}: {n['Resources'].get('CPU', 0):g} CPU, {n['Resources'].get('GPU', 0):g} GPU, "
+            f"{n['Resources'].get('memory', 0) / 2**30:.1f} GiB"
             for n in nodes
         )
+        fleet = f" and a fleet's {memory / 2**30:.1f} GiB (--fleet-size)" if memory else ""
         raise UsageError(
-            f"--cpus-per-job {options.cpus_per_job:g} --gpus-per-job {options.gpus_per_job:g}: no node of the Ray "
-            f"cluster has that much ({have or 'no live nodes'})"
+            f"--cpus-per-job {options.cpus_per_job:g} --gpus-per-job {options.gpus_per_job:g}{fleet}: no node of "
+            f"the Ray cluster has that much ({have or 'no live nodes'})"
         )
 
 
@@ -127,7 +141,8 @@ def finetune_on_ray(
         return [], []
     ray = connect(options)
     try:
-        check_resources(ray, options)
+        memory = [sum(member_bytes(j) for j in unit) if is_fleet(unit) else 0 for unit in units]
+        check_resources(ray, options, max(memory))
         task = ray.remote(
             num_cpus=options.cpus_per_job,
             num_gpus=options.gpus_per_job,
@@ -135,7 +150,11 @@ def finetune_on_ray(
             retry_exceptions=False,  # an atari-pb error is the job's answer, not a failure to retry
         )(run_remote)
         threads = max(1, int(options.cpus_per_job))
-        pending = {task.remote(unit, options.log_level, threads): unit for unit in units}
+        # a fleet declares its agents' replays as Ray's `memory` resource, so a node takes no more than fit
+        pending = {
+            task.options(**({"memory": need} if need else {})).remote(unit, options.log_level, threads): unit
+            for unit, need in zip(units, memory, strict=True)
+        }
         return _collect(ray, pending)
     finally:
         ray.shutdown()

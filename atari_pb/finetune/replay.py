@@ -123,6 +123,11 @@ class PrioritizedReplay:
         self.new_episode = np.ones(num_envs, dtype=bool)  # the next slot starts a stack (an episode's or not)
         self.pending: list[list[int]] = [[] for _ in range(num_envs)]  # slots awaiting their future
 
+    @staticmethod
+    def slot_bytes(frame_shape: tuple[int, int] = (84, 84)) -> int:
+        """Memory of one slot once written: its frame, action, reward, six flags and two sum-tree nodes."""
+        return int(np.prod(frame_shape)) + 8 + 4 + 6 + 2 * 8
+
     # ------------------------------------------------------------------ checkpoints
     STATE_ARRAYS = ("action", "reward", "terminal", "last", "first", "ends", "valid", "cursor", "written")
 

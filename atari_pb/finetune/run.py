@@ -237,6 +237,36 @@ def backbone_key(job: Job) -> tuple:
     return (job.protocol, job.encoder, job.preset, job.seed if baseline else None, job.overrides)
 
 
+DEFAULT_FLEET_SIZE = 16  # agents a fleet, unless --fleet-size says otherwise
+MEMORY_SHARE = 0.8  # of the host memory available when the sweep starts, what one fleet's agents may hold
+
+
+def member_bytes(job: Job) -> int:
+    """The most host memory one agent of `job`'s fleets holds (Protocol.fleet_member_bytes)."""
+    return protocol_class(job.protocol).fleet_member_bytes(load_protocol_config(job.protocol, job.overrides))
+
+
+def fitting_fleet_size(jobs: Sequence[Job], requested: int | None, available: int | None) -> int:
+    """Agents a fleet: `requested` (None: DEFAULT_FLEET_SIZE), unless that many agents would hold more than
+    MEMORY_SHARE of the `available` host memory; then a requested size is refused (one line saying how
+    many fit) and the default is lowered to what fits."""
+    size = requested or DEFAULT_FLEET_SIZE
+    per_agent = max((member_bytes(j) for j in jobs), default=0)
+    if available is None or per_agent == 0:
+        return size
+    fits = max(1, int(MEMORY_SHARE * available // per_agent))
+    if size <= fits:
+        return size
+    if requested is not None:
+        raise UsageError(
+            f"--fleet-size {requested}: a {jobs[0].protocol} agent holds up to {per_agent / 2**30:.2f} GiB "
+            f"(its replay) and {available / 2**30:.1f} GiB of memory is available to each worker, so at most {fits} "
+            f"fit; use --fleet-size {fits}"
+        )
+    log.info("finetune: fleets of %d agents (%.2f GiB each; %d would not fit)", fits, per_agent / 2**30, size)
+    return fits
+
+
 def fleets(jobs: Sequence[Job], size: int) -> list[tuple[Job, ...]]:
     """Group jobs that share a frozen backbone and a configuration into fleets of at most `size` agents."""
     groups: dict[tuple, list[Job]] = {}
@@ -248,16 +278,17 @@ def fleets(jobs: Sequence[Job], size: int) -> list[tuple[Job, ...]]:
 def check_fleet_request(jobs: Sequence[Job]) -> None:
     """--fleet: the protocol must train fleets and the backbone must be frozen (one line, exit 2)."""
     for job in jobs:
-        protocol = protocol_class(job.protocol)
-        if not protocol.fleet:
-            able = ", ".join(n for n in protocol_names() if protocol_class(n).fleet)
-            raise UsageError(
-                f"--fleet: the {job.protocol} protocol does not train fleets (those that do: {able})"
-            )
-        if job.encoder == "e2e":
-            raise UsageError(
-                "--fleet with e2e: a fleet shares one frozen backbone, e2e trains its own; run e2e without --fleet"
-            )
+        check_fleetable(job.protocol, [job.encoder])
+
+
+def check_fleetable(protocol: str, encoders: Sequence[str]) -> None:
+    if not protocol_class(protocol).fleet:
+        able = ", ".join(n for n in protocol_names() if protocol_class(n).fleet)
+        raise UsageError(f"--fleet: the {protocol} protocol does not train fleets (those that do: {able})")
+    if "e2e" in encoders:
+        raise UsageError(
+            "--fleet with e2e: a fleet shares one frozen backbone, e2e trains its own; run e2e without --fleet"
+        )
 
 
 def compute_fleet(jobs: Sequence[Job], progress: bool = True) -> list[JobOutput]:

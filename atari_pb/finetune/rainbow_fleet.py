@@ -1,0 +1,118 @@
+"""Online Rainbow for a fleet: every (game, seed) agent of one encoder trained in lockstep through one shared
+frozen backbone (`finetune --protocol rainbow --fleet`).
+
+Each member is a whole standalone run (rainbow.RainbowRun): its own env, replay, exploration generators,
+epsilon schedule, neck, head, target, Adam, augmentation draws and episode bookkeeping, built and seeded as
+`train_rainbow` builds them. What the fleet shares is the backbone's work:
+  - acting: each member's own epsilon draws pick its envs that act greedily (EpsilonGreedy.explore), one
+    backbone pass runs over all those observations, and each member's acting network turns its rows into
+    actions;
+  - learning: each update round every learning member samples its own batch and augments it with its own
+    draws, one backbone pass runs over all the (observation, successor) pairs, and each member takes its
+    gradient step (its loss, clipping, Adam, EMA target) on its share of the features.
+The envs step one after another in this process: ALE's step holds the GIL, so threads do not overlap them
+(measured on 2 cores: 4 games stepped in 2 threads took 1.19x the sequential time).
+
+A fleet of one computes exactly what the standalone job computes. In a larger fleet an agent's features come
+from a bigger backbone batch; where a convolution's summation order depends on the batch size (cuDNN's and
+oneDNN's algorithm choice) they differ in the last bits, and a greedy action or a C51 target can then differ
+too. tests/test_fleet.py states the tolerance and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from atari_pb.core.device import pick_device
+from atari_pb.finetune.base import FinetuneTask
+from atari_pb.finetune.rainbow import RainbowConfig, RainbowRun, TrainResult, check
+from atari_pb.finetune.resume import JobCheckpoint
+
+log = logging.getLogger(__name__)
+
+
+def train_rainbow_fleet(
+    cfg: RainbowConfig,
+    tasks: list[FinetuneTask],
+    progress: bool = True,
+    checkpoint: JobCheckpoint | None = None,
+) -> list[TrainResult]:
+    """Train every task's agent in lockstep; one TrainResult per task, in order. The tasks share one encoder
+    (its backbone frozen): their agents use one copy of it."""
+    check(cfg)
+    t = cfg.train
+    device = pick_device(t.device, "train.device")
+    shared = tasks[0].encoder.backbone.to(device)
+    runs = []
+    for i, task in enumerate(tasks):
+        run = RainbowRun(task.game, task.encoder, cfg, task.seed, device, prefix=f"member{i}_")
+        run.agent.online.backbone = run.agent.target.backbone = shared  # its own copy is dropped
+        runs.append(run)
+    checkpoint = runs[0].usable(checkpoint)
+    state = checkpoint.load() if checkpoint is not None else None
+    saved = state["members"] if state is not None else [None] * len(runs)
+    for run, member_state in zip(runs, saved, strict=True):
+        run.restore(member_state, checkpoint.dir if checkpoint is not None else None)
+
+    lead = runs[0]  # lockstep: every member is at the same step and update count
+    bar = tqdm(total=t.env_steps, initial=lead.steps, unit="step", desc=f"rainbow fleet of {len(runs)}",
+               disable=None if progress else True)  # fmt: skip
+    start = time.perf_counter()
+    try:
+        while lead.steps < t.env_steps:
+            for run, actions in zip(runs, choose_actions(runs), strict=True):
+                run.act(actions)
+            learning = [run for run in runs if run.learning]
+            for _ in range(lead.updates_due if learning else 0):
+                learn_round(learning)
+            bar.update(t.num_envs)
+            if checkpoint is not None and checkpoint.due(lead.learner.updates):
+                checkpoint.save(lead.learner.updates, {"members": [run.state() for run in runs]})
+                for run in runs:
+                    run.saved()
+            if lead.steps % t.log_every < t.num_envs:
+                bar.set_postfix(lead.postfix())
+    finally:
+        bar.close()
+        for run in runs:
+            run.env.close()
+    seconds = time.perf_counter() - start
+    return [run.result(seconds) for run in runs]
+
+
+def choose_actions(runs: list[RainbowRun]) -> list[np.ndarray]:
+    """Every member's actions for this step: its own epsilon draws pick the envs that act greedily, and one
+    backbone pass over all members' greedy rows gives their actions (each from its own acting network)."""
+    draws = [run.policy.explore(run.epsilon) for run in runs]
+    rows = [run.obs[greedy] for run, (greedy, _) in zip(runs, draws, strict=True)]
+    if sum(len(r) for r in rows):
+        agent = runs[0].agent
+        with torch.no_grad():
+            features = agent.features(torch.from_numpy(np.concatenate(rows)).to(agent.device))
+        features = features.split([len(r) for r in rows])
+    actions = []
+    for i, (run, (greedy, random_actions)) in enumerate(zip(runs, draws, strict=True)):
+        chosen = random_actions.copy()
+        if greedy.any():
+            chosen[greedy] = run.agent.greedy(features[i]).cpu().numpy()
+        actions.append(chosen)
+    return actions
+
+
+def learn_round(runs: list[RainbowRun]) -> None:
+    """One update of every member: its own batch and augmentation, one shared backbone pass, its own step."""
+    batches = [run.learner.sample() for run in runs]
+    pairs = [run.agent.augmented_pair(batch) for run, batch in zip(runs, batches, strict=True)]
+    with torch.no_grad():  # the backbone is frozen
+        features = runs[0].agent.features(torch.cat(pairs)).split([len(p) for p in pairs])
+    for run, batch, f in zip(runs, batches, features, strict=True):
+        obs_features, next_features = f.split(len(batch.actions))
+        loss_per_sample, metrics = run.agent.learn(
+            batch, batch.weights, obs_features, next_features, next_features
+        )
+        run.learner.finish(batch, loss_per_sample, metrics)
