@@ -345,3 +345,27 @@ def test_rainbow_fleet_records_and_agents_are_the_standalone_ones(tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         tables.append([ln for ln in proc.stdout.splitlines() if ln.startswith("| random |")])
     assert tables[0] and tables[0] == tables[1]
+
+
+def test_bf16_and_channels_last_change_only_the_backbone_pass(encoder):
+    """train.bf16 / train.channels_last (GPU speed options, off by default): the backbone runs under bfloat16
+    autocast with channels-last weights; features come back float32, within bfloat16's precision of the
+    float32 pass, and a fleet trains with them."""
+    from atari_pb.models.agent import build_agent_net, set_backbone_precision
+
+    torch.manual_seed(0)
+    net = build_agent_net(encoder, 4)
+    obs = torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8)
+    exact = net.features(obs)
+    set_backbone_precision([net], bf16=True, channels_last=True)
+    fast = net.features(obs)
+    assert fast.dtype == torch.float32 and not torch.equal(fast, exact)
+    assert (fast - exact).abs().max() <= 0.05 * exact.abs().max()  # bf16 keeps 8 bits of mantissa
+    conv = next(m for m in net.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    cfg = load_rainbow_config(
+        [*RAINBOW_STEPS, "train.env_steps=80", "train.bf16=true", "train.channels_last=true"]
+    )
+    tasks = [FinetuneTask(get_game(g), encoder, s, progress=False) for g, s in RAINBOW_MEMBERS]
+    results = train_rainbow_fleet(cfg, tasks, progress=False)
+    assert [r.updates for r in results] == [21, 21] and all(np.isfinite(r.metrics["loss"]) for r in results)

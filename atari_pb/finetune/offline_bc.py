@@ -30,7 +30,7 @@ from atari_pb.errors import DataError, UsageError
 from atari_pb.finetune.base import FinetuneResult, FinetuneTask, Protocol, load_protocol_config, register
 from atari_pb.finetune.resume import JobCheckpoint
 from atari_pb.games import Game
-from atari_pb.models.agent import HEAD_INITS, AgentNet, build_agent_net
+from atari_pb.models.agent import HEAD_INITS, AgentNet, build_agent_net, set_backbone_precision
 from atari_pb.models.encoder import Encoder
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ class BCTrainConfig:
     holdout_runs: list[int] = field(default_factory=list)  # runs kept out of training, for accuracy
     loader_threads: int = 2
     device: str = "auto"
+    bf16: bool = False  # the backbone's pass under bfloat16 autocast (GPU speed; released: fp16 autocast)
+    channels_last: bool = False  # the backbone's weights in channels-last order (GPU speed)
 
 
 @dataclass
@@ -197,6 +199,7 @@ def setup_bc_run(
     held = ShardSet(shards_dir, games=[game.name], runs=cfg.holdout_runs) if cfg.holdout_runs else None
 
     agent = build_agent_net(encoder, num_actions, train_backbone, head_init=cfg.head_init).to(device)
+    set_backbone_precision([agent], cfg.bf16, cfg.channels_last)
     params = [p for p in agent.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay

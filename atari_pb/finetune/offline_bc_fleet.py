@@ -26,6 +26,7 @@ from atari_pb.data import make_loader
 from atari_pb.finetune.base import FinetuneResult, FinetuneTask
 from atari_pb.finetune.offline_bc import BCRun, BCTrainConfig, game_actions, setup_bc_run
 from atari_pb.finetune.resume import JobCheckpoint
+from atari_pb.models.agent import set_backbone_precision
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ def train_offline_bc_fleet(
     for task in tasks:
         run = setup_bc_run(task.game, task.encoder, task.data, game_actions(task.game), cfg, task.seed, False)
         run.agent.backbone = shared.to(run.device)  # the copy build_agent_net made is dropped: one backbone
+        set_backbone_precision([run.agent], cfg.bf16, cfg.channels_last)
         members.append(_Member(task, run, None))
     first = _restore(checkpoint, members)
     for m in members:
@@ -62,7 +64,8 @@ def train_offline_bc_fleet(
         active = [m for m in members if step < m.run.steps]
         inputs = [m.run.inputs(next(m.batches), step, cfg.augment) for m in active]  # its standalone batches
         with torch.no_grad():  # the backbone is frozen: one pass over every agent's batch
-            features = shared(torch.cat([x for x, _ in inputs])).split([len(x) for x, _ in inputs])
+            features = members[0].run.agent.features(torch.cat([x for x, _ in inputs]))
+        features = features.split([len(x) for x, _ in inputs])
         for m, f, (_, action) in zip(active, features, inputs, strict=True):
             m.run.learn(m.run.agent.from_features(f), action)
         bar.update()

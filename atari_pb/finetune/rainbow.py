@@ -40,7 +40,7 @@ from atari_pb.finetune.buffer_log import BufferLog, BufferLogConfig
 from atari_pb.finetune.replay import PrioritizedReplay, ReplayBatch
 from atari_pb.finetune.resume import FrameMirror, JobCheckpoint
 from atari_pb.games import Game
-from atari_pb.models.agent import HEAD_INITS, AgentNet, build_agent_net, save_agent
+from atari_pb.models.agent import HEAD_INITS, AgentNet, build_agent_net, save_agent, set_backbone_precision
 from atari_pb.models.distributional import project_distribution, q_values, select_greedy
 from atari_pb.models.ema import ema_update, make_target
 from atari_pb.models.encoder import Encoder
@@ -93,6 +93,8 @@ class TrainConfig:
     eps_decay_steps: int = 10_000  # linear decay, starting when learning starts (as Atari-PB)
     log_every: int = 1_000  # agent steps between progress-bar updates
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    bf16: bool = False  # the backbone's pass under bfloat16 autocast (GPU speed; released: fp32 here)
+    channels_last: bool = False  # the backbone's weights in channels-last order (GPU speed)
 
 
 @dataclass
@@ -380,6 +382,7 @@ class RainbowRun:
         self.env, self.obs = make_vector_env(game, n, cfg.env, seed)
         num_actions = int(self.env.single_action_space.n)
         self.agent = RainbowAgent(encoder, num_actions, a, seed, device, train_backbone)
+        self.set_precision()
         self.replay = PrioritizedReplay(
             cfg.replay.capacity, n, a.n_step, a.gamma, cfg.replay.priority_exponent, cfg.env.frames, seed=seed
         )
@@ -392,6 +395,12 @@ class RainbowRun:
         self.buffer_log = BufferLog(cfg.buffer_log, game, run=seed + 1) if cfg.buffer_log.dir else None
         self.steps, self.finished, self.eps = 0, [], 1.0
         self.mirrors: dict[str, FrameMirror] = {}
+
+    def set_precision(self) -> None:
+        """train.bf16 / train.channels_last on the online and target networks (again after a fleet swaps in
+        its shared backbone)."""
+        t = self.cfg.train
+        set_backbone_precision([self.agent.online, self.agent.target], t.bf16, t.channels_last)
 
     def _greedy(self, rows: np.ndarray) -> np.ndarray:
         with self.sections("agent.act"):

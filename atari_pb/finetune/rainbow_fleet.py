@@ -52,6 +52,7 @@ def train_rainbow_fleet(
     for i, task in enumerate(tasks):
         run = RainbowRun(task.game, task.encoder, cfg, task.seed, device, prefix=f"member{i}_")
         run.agent.online.backbone = run.agent.target.backbone = shared  # its own copy is dropped
+        run.set_precision()
         runs.append(run)
     checkpoint = runs[0].usable(checkpoint)
     state = checkpoint.load() if checkpoint is not None else None

@@ -56,11 +56,14 @@ class AgentNet(nn.Module):
         super().__init__()
         self.backbone, self.neck, self.head = backbone, neck, head
         self.train_backbone = train_backbone
+        self.bf16 = False  # the backbone runs under bfloat16 autocast (set_backbone_precision)
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
-        """Backbone features; no graph is built through a frozen backbone."""
-        with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
-            return self.backbone(obs)
+        """Backbone features (float32); no graph is built through a frozen backbone."""
+        grad = self.train_backbone and torch.is_grad_enabled()
+        with torch.set_grad_enabled(grad), torch.autocast(obs.device.type, torch.bfloat16, enabled=self.bf16):
+            features = self.backbone(obs)
+        return features.float()  # the neck and head stay float32 (a no-op without autocast)
 
     def from_features(self, features: torch.Tensor) -> torch.Tensor:
         game = torch.zeros(len(features), dtype=torch.long, device=features.device)  # the one row
@@ -94,6 +97,16 @@ def build_agent_net(
     net = AgentNet(backbone, neck, head, train_backbone)
     net.model_cfg = encoder.cfg  # what a saved agent needs to rebuild its backbone
     return net
+
+
+def set_backbone_precision(nets: Sequence[AgentNet], bf16: bool, channels_last: bool) -> None:
+    """The fine-tuning protocols' `train.bf16` / `train.channels_last`: the nets' backbone pass under bfloat16
+    autocast, their backbone weights in channels-last memory order (GPU speed options; neck, head and the
+    optimiser stay float32). Off, nothing changes."""
+    for net in nets:
+        net.bf16 = bf16
+        if channels_last:
+            net.backbone.to(memory_format=torch.channels_last)
 
 
 class GreedyAgent(nn.Module):
