@@ -252,7 +252,8 @@ class RainbowAgent(nn.Module):
             with torch.no_grad():
                 features, next_features = self.features(pair).split(b)
             next_target_features = next_features
-        return self.learn(batch, weights, features, next_features, next_target_features)
+        loss_per_sample, metrics = self.learn(batch, weights, features, next_features, next_target_features)
+        return loss_per_sample, {k: float(v) for k, v in metrics.items()}
 
     def augmented_pair(self, batch: ReplayBatch) -> torch.Tensor:
         """The batch's observations and n-step successors stacked (2B, F, 84, 84), as this update's backbone
@@ -274,9 +275,10 @@ class RainbowAgent(nn.Module):
         features: torch.Tensor,
         next_features: torch.Tensor,
         next_target_features: torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The update from the backbone's features of the pair (`update`, or a fleet's shared pass): the
-        C51 target, the weighted cross-entropy, Adam with gradient clipping, the EMA target."""
+        C51 target, the weighted cross-entropy, Adam with gradient clipping, the EMA target. The metrics stay
+        0-d tensors on the device, so a fleet reads every agent's in one transfer."""
         cfg, dev, b = self.cfg, self.device, len(batch.actions)
         actions = torch.from_numpy(batch.actions).to(dev)
         returns = torch.from_numpy(batch.returns).to(dev)
@@ -299,13 +301,13 @@ class RainbowAgent(nn.Module):
         grad_norm = (
             nn.utils.clip_grad_norm_(self.online_params, cfg.grad_clip)
             if cfg.grad_clip > 0
-            else torch.zeros(())
+            else torch.zeros((), device=dev)
         )
         self.optimizer.step()
         self.update_target()
         self.updates += 1
         q_taken = (log_probs.detach().exp() * self.support).sum(-1)
-        metrics = {"loss": loss.item(), "q": q_taken.mean().item(), "grad_norm": float(grad_norm)}
+        metrics = {"loss": loss.detach(), "q": q_taken.mean(), "grad_norm": grad_norm.detach()}
         return loss_per_sample.detach(), metrics
 
     def update_target(self) -> None:
@@ -577,10 +579,15 @@ class _Learner:
         with self.sections("replay.sample"):
             return self.replay.sample(self.cfg.train.batch_size, beta)
 
-    def finish(self, batch: ReplayBatch, loss_per_sample: torch.Tensor, metrics: dict[str, float]) -> None:
+    def finish(
+        self, batch: ReplayBatch, loss_per_sample: torch.Tensor | np.ndarray, metrics: dict[str, float]
+    ) -> None:
+        """Write the update's per-sample losses as the new priorities and keep its metrics."""
+        if isinstance(loss_per_sample, torch.Tensor):
+            loss_per_sample = loss_per_sample.cpu().numpy()
         with self.sections("replay.update_priorities"):
             # a floor keeps a transition whose target the agent already fits from starving
-            self.replay.update_priorities(batch.indices, loss_per_sample.clamp_min(1e-5).cpu().numpy())
+            self.replay.update_priorities(batch.indices, np.maximum(loss_per_sample, np.float32(1e-5)))
         self.metrics = metrics
         self.updates += 1
 

@@ -34,6 +34,7 @@ from atari_pb.finetune.rainbow import RainbowConfig, RainbowRun, TrainResult, ch
 from atari_pb.finetune.resume import JobCheckpoint
 
 log = logging.getLogger(__name__)
+METRICS = ("loss", "q", "grad_norm")  # RainbowAgent.learn's, in order
 
 
 def train_rainbow_fleet(
@@ -106,14 +107,25 @@ def choose_actions(runs: list[RainbowRun]) -> list[np.ndarray]:
 
 
 def learn_round(runs: list[RainbowRun]) -> None:
-    """One update of every member: its own batch and augmentation, one shared backbone pass, its own step."""
+    """One update of every member: its own batch and augmentation, one shared backbone pass, its own step;
+    then every member's new priorities and metrics come to the host in one transfer."""
     batches = [run.learner.sample() for run in runs]
     pairs = [run.agent.augmented_pair(batch) for run, batch in zip(runs, batches, strict=True)]
     with torch.no_grad():  # the backbone is frozen
         features = runs[0].agent.features(torch.cat(pairs)).split([len(p) for p in pairs])
+    outputs = []
     for run, batch, f in zip(runs, batches, features, strict=True):
         obs_features, next_features = f.split(len(batch.actions))
         loss_per_sample, metrics = run.agent.learn(
             batch, batch.weights, obs_features, next_features, next_features
         )
-        run.learner.finish(batch, loss_per_sample, metrics)
+        outputs.append(torch.cat([loss_per_sample, torch.stack(list(metrics.values()))]))
+    host = torch.cat(outputs).cpu().numpy()
+    at = 0
+    for run, batch in zip(runs, batches, strict=True):
+        b = len(batch.actions)
+        loss_per_sample, values = host[at : at + b], host[at + b : at + b + len(METRICS)]
+        run.learner.finish(
+            batch, loss_per_sample, {k: float(v) for k, v in zip(METRICS, values, strict=True)}
+        )
+        at += b + len(METRICS)
