@@ -267,7 +267,9 @@ SPEC = Spec(
         ),
         "rainbow_steps": Opt(10, 3, "Rainbow learning steps per agent (2 updates each), tiny"),
         "rainbow_r50_steps": Opt(2, 1, "Rainbow learning steps per agent, resnet50"),
-        "precisions": Opt(["fp32", "bf16"], ["fp32"], "fp32 and/or bf16 (train.bf16 + train.channels_last), both sides"),
+        "precisions": Opt(
+            ["fp32", "bf16"], ["fp32"], "fp32 and/or bf16 (train.bf16 + train.channels_last), both sides"
+        ),
         "workers": Opt(2, None, "processes of the standalone side (on a GPU: 2, the released jobs per GPU)"),
         "fleet_threads": Opt(2, None, "torch threads of the fleet's process"),
         "worker_threads": Opt(1, None, "torch threads of each standalone worker"),

@@ -228,11 +228,10 @@ def rainbow_alone(encoder: Encoder, game: str, seed: int):
     return train_rainbow(get_game(game), encoder, load_rainbow_config(RAINBOW_STEPS), seed, progress=False)
 
 
-def rainbow_fleet(encoder: Encoder, members, checkpoint=None):
+def rainbow_fleet(encoder: Encoder, members, checkpoint=None, env_workers: int = 0):
+    cfg = load_rainbow_config([*RAINBOW_STEPS, f"train.fleet_env_workers={env_workers}"])
     tasks = [FinetuneTask(get_game(g), encoder, s, progress=False) for g, s in members]
-    return train_rainbow_fleet(
-        load_rainbow_config(RAINBOW_STEPS), tasks, progress=False, checkpoint=checkpoint
-    )
+    return train_rainbow_fleet(cfg, tasks, progress=False, checkpoint=checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -292,15 +291,17 @@ class KilledAfter(JobCheckpoint):
 
 
 def test_a_killed_rainbow_fleet_resumes_to_the_uninterrupted_agents(encoder, rainbow_fleet_of_two, tmp_path):
+    """Killed and resumed with the envs in two worker processes (envs.pool: stepped, saved and restored
+    there); the uninterrupted fleet stepped them in its own process. Both end with the same agents."""
     identity = {"job": {"members": [f"{g}/{s}" for g, s in RAINBOW_MEMBERS]}}
     killed = KilledAfter(tmp_path, "finetune-rainbow-fleet", identity, 60, updates=120)
     with pytest.raises(KeyboardInterrupt):
-        rainbow_fleet(encoder, RAINBOW_MEMBERS, killed)
+        rainbow_fleet(encoder, RAINBOW_MEMBERS, killed, env_workers=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "member0_replay_frames.u8", "member1_replay_frames.u8", "state.pt"
     ]  # fmt: skip
     again = JobCheckpoint(tmp_path, "finetune-rainbow-fleet", identity, 60)
-    resumed = rainbow_fleet(encoder, RAINBOW_MEMBERS, again)
+    resumed = rainbow_fleet(encoder, RAINBOW_MEMBERS, again, env_workers=2)
     assert again.last == 240  # loaded at 120, saved at 180 and 240
     for whole, part in zip(rainbow_fleet_of_two, resumed, strict=True):
         a, b = trained(whole.agent), trained(part.agent)

@@ -93,6 +93,8 @@ class TrainConfig:
     eps_decay_steps: int = 10_000  # linear decay, starting when learning starts (as Atari-PB)
     log_every: int = 1_000  # agent steps between progress-bar updates
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    fleet_env_workers: int = -1  # --fleet: processes stepping the agents' envs; -1: one per core but one (at
+    # most one per agent; none on a 2-core machine); 0: the fleet's own process
     bf16: bool = False  # the backbone's pass under bfloat16 autocast (GPU speed; released: fp32 here)
     channels_last: bool = False  # the backbone's weights in channels-last order (GPU speed)
 
@@ -127,6 +129,10 @@ def check(cfg: RainbowConfig) -> None:
         raise UsageError(f"agent.head_init={a.head_init!r}; valid: {', '.join(HEAD_INITS)}")
     if min(t.env_steps, t.num_envs, t.batch_size, t.eps_decay_steps, t.log_every) < 1:
         raise UsageError("train: env_steps, num_envs, batch_size, eps_decay_steps and log_every must be >= 1")
+    if t.fleet_env_workers < -1:
+        raise UsageError(
+            f"train.fleet_env_workers={t.fleet_env_workers}; valid: -1 (auto), 0 (none) or a count"
+        )
     if t.learning_starts < 0 or t.updates_per_step < 0:
         raise UsageError("train: learning_starts and updates_per_step must be >= 0")
     if cfg.replay.capacity // t.num_envs < 2 * (a.n_step + cfg.env.frames):
@@ -377,11 +383,14 @@ class RainbowRun:
     the interrupted one exactly; the replay's and the buffer log's frames are mirrored incrementally
     (resume.FrameMirror) in the checkpoint's directory, under `prefix` (a fleet's members share one)."""
 
-    def __init__(self, game, encoder, cfg, seed, device, train_backbone=False, sections=NO_TIMING, prefix=""):
+    def __init__(
+        self, game, encoder, cfg, seed, device, train_backbone=False, sections=NO_TIMING, prefix="", env=None
+    ):
+        """`env`: (env, first observations) made elsewhere (a fleet's env pool); None: made here."""
         a, n = cfg.agent, cfg.train.num_envs
         self.game, self.cfg, self.seed, self.sections, self.prefix = game, cfg, seed, sections, prefix
         torch.manual_seed(seed)
-        self.env, self.obs = make_vector_env(game, n, cfg.env, seed)
+        self.env, self.obs = env if env is not None else make_vector_env(game, n, cfg.env, seed)
         num_actions = int(self.env.single_action_space.n)
         self.agent = RainbowAgent(encoder, num_actions, a, seed, device, train_backbone)
         self.set_precision()
@@ -430,15 +439,24 @@ class RainbowRun:
         """The replay ratio is per agent step: a vector step of n envs earns n times the updates."""
         return self.cfg.train.updates_per_step * self.cfg.train.num_envs
 
-    def act(self, actions: np.ndarray | None = None) -> None:
-        """One vector step: choose epsilon-greedily (or take the `actions` a fleet chose with this run's
-        policy, `self.policy.explore`), step the envs, store the transitions."""
-        a, t, n = self.cfg.agent, self.cfg.train, self.cfg.train.num_envs
-        self.eps = self.epsilon
-        if actions is None:
-            actions = self.policy.act(self.obs, self.eps)
+    def act(self) -> None:
+        """One vector step: choose epsilon-greedily, step the envs, store the transitions."""
+        actions = self.choose()
         with self.sections("env.step"):
-            next_obs, reward, terminated, truncated, info = self.env.step(actions)
+            outcome = self.env.step(actions)
+        self.store(actions, outcome)
+
+    def choose(self, actions: np.ndarray | None = None) -> np.ndarray:
+        """This step's actions, epsilon-greedy (or the `actions` a fleet chose with this run's policy,
+        `self.policy.explore`)."""
+        self.eps = self.epsilon
+        return self.policy.act(self.obs, self.eps) if actions is None else actions
+
+    def store(self, actions: np.ndarray, outcome: tuple) -> None:
+        """The envs' answer to `actions` (obs, reward, terminated, truncated, info): into the replay, the
+        buffer log and the episode bookkeeping; the observations move on."""
+        a, t, n = self.cfg.agent, self.cfg.train, self.cfg.train.num_envs
+        next_obs, reward, terminated, truncated, info = outcome
         if not np.array_equal(info["env_id"], np.arange(n)):  # the replay's streams assume env order
             raise RuntimeError(f"the vector env returned envs {info['env_id']} out of order")
         ended = terminated | truncated

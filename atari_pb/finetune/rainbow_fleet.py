@@ -10,8 +10,9 @@ epsilon schedule, neck, head, target, Adam, augmentation draws and episode bookk
   - learning: each update round every learning member samples its own batch and augments it with its own
     draws, one backbone pass runs over all the (observation, successor) pairs, and each member takes its
     gradient step (its loss, clipping, Adam, EMA target) on its share of the features.
-The envs step one after another in this process: ALE's step holds the GIL, so threads do not overlap them
-(measured on 2 cores: 4 games stepped in 2 threads took 1.19x the sequential time).
+The members' envs step in parallel in `train.fleet_env_workers` processes (atari_pb.envs.pool): ALE's step
+holds the GIL, so threads would not overlap them (measured on 2 cores: 4 games stepped in 2 threads took
+1.19x the sequential time).
 
 A fleet of one computes exactly what the standalone job computes. In a larger fleet an agent's features come
 from a bigger backbone batch; where a convolution's summation order depends on the batch size (cuDNN's and
@@ -22,6 +23,7 @@ too. tests/test_fleet.py states the tolerance and why.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import numpy as np
@@ -29,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from atari_pb.core.device import pick_device
+from atari_pb.envs.pool import EnvPool, can_spawn
 from atari_pb.finetune.base import FinetuneTask
 from atari_pb.finetune.rainbow import RainbowConfig, RainbowRun, TrainResult, check
 from atari_pb.finetune.resume import JobCheckpoint
@@ -49,9 +52,11 @@ def train_rainbow_fleet(
     t = cfg.train
     device = pick_device(t.device, "train.device")
     shared = tasks[0].encoder.backbone.to(device)
+    pool = env_pool(cfg, tasks)
     runs = []
     for i, task in enumerate(tasks):
-        run = RainbowRun(task.game, task.encoder, cfg, task.seed, device, prefix=f"member{i}_")
+        env = (pool.member(i), pool.first_obs[i]) if pool is not None else None
+        run = RainbowRun(task.game, task.encoder, cfg, task.seed, device, prefix=f"member{i}_", env=env)
         run.agent.online.backbone = run.agent.target.backbone = shared  # its own copy is dropped
         run.set_precision()
         runs.append(run)
@@ -67,8 +72,13 @@ def train_rainbow_fleet(
     start = time.perf_counter()
     try:
         while lead.steps < t.env_steps:
-            for run, actions in zip(runs, choose_actions(runs), strict=True):
-                run.act(actions)
+            chosen = [run.choose(a) for run, a in zip(runs, choose_actions(runs), strict=True)]
+            if pool is not None:
+                outcomes = pool.step(chosen)  # every agent's envs at once, in the pool's processes
+            else:
+                outcomes = [run.env.step(a) for run, a in zip(runs, chosen, strict=True)]
+            for run, actions, outcome in zip(runs, chosen, outcomes, strict=True):
+                run.store(actions, outcome)
             learning = [run for run in runs if run.learning]
             for _ in range(lead.updates_due if learning else 0):
                 learn_round(learning)
@@ -83,8 +93,23 @@ def train_rainbow_fleet(
         bar.close()
         for run in runs:
             run.env.close()
+        if pool is not None:
+            pool.close()
     seconds = time.perf_counter() - start
     return [run.result(seconds) for run in runs]
+
+
+def env_pool(cfg: RainbowConfig, tasks: list[FinetuneTask]) -> EnvPool | None:
+    """The members' envs in `train.fleet_env_workers` processes (None: in this process)."""
+    asked = cfg.train.fleet_env_workers
+    workers = min(len(tasks), asked if asked >= 0 else (os.cpu_count() or 1) - 1)  # -1: a core for learning
+    if workers == 0 or (asked < 0 and workers < 2):  # by default one worker would only add a hop
+        return None
+    if not can_spawn():
+        log.warning("rainbow fleet: a daemonic process cannot start env workers; the envs step in this one")
+        return None
+    specs = [(task.game, cfg.train.num_envs, cfg.env, task.seed) for task in tasks]
+    return EnvPool(specs, workers)
 
 
 def choose_actions(runs: list[RainbowRun]) -> list[np.ndarray]:
