@@ -285,20 +285,17 @@ class RainbowAgent(nn.Module):
         """The update from the backbone's features of the pair (`update`, or a fleet's shared pass): the
         C51 target, the weighted cross-entropy, Adam with gradient clipping, the EMA target. The metrics stay
         0-d tensors on the device, so a fleet reads every agent's in one transfer."""
-        cfg, dev, b = self.cfg, self.device, len(batch.actions)
+        cfg, dev = self.cfg, self.device
         actions = torch.from_numpy(batch.actions).to(dev)
         returns = torch.from_numpy(batch.returns).to(dev)
         discounts = torch.from_numpy(batch.discounts).to(dev)
         weights = torch.as_tensor(weights, dtype=torch.float32).to(dev)
         with torch.no_grad():
             next_target_logits = self.logits(next_target_features, target=True)  # (B, A, K)
-            q_select = self.q_values(self.logits(next_features) if cfg.double_q else next_target_logits)
-            next_probs = next_target_logits.softmax(-1)
-            target = project_distribution(
-                select_greedy(q_select, next_probs), returns, discounts, self.support
-            )
+            next_online_logits = self.logits(next_features) if cfg.double_q else None
+            target = c51_target(next_target_logits, next_online_logits, returns, discounts, self.support)
 
-        log_probs = self.logits(features)[torch.arange(b, device=dev), actions].log_softmax(-1)
+        log_probs = taken_log_probs(self.logits(features), actions)
         loss_per_sample = -(target * log_probs).sum(-1)
         loss = (weights * loss_per_sample).mean()
 
@@ -318,6 +315,26 @@ class RainbowAgent(nn.Module):
 
     def update_target(self) -> None:
         ema_update(self.ema_pairs, self.cfg.target_tau)
+
+
+def c51_target(
+    next_target_logits: torch.Tensor,
+    next_online_logits: torch.Tensor | None,
+    returns: torch.Tensor,
+    discounts: torch.Tensor,
+    support: torch.Tensor,
+) -> torch.Tensor:
+    """The C51 target distributions (B, atoms): the target network's distribution of the next action, which
+    the online network picks (double Q; `next_online_logits` None: the target picks), projected through the
+    n-step return. Logits are (B, actions, atoms)."""
+    q_select = q_values(next_online_logits if next_online_logits is not None else next_target_logits, support)
+    next_probs = next_target_logits.softmax(-1)
+    return project_distribution(select_greedy(q_select, next_probs), returns, discounts, support)
+
+
+def taken_log_probs(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """The log-distribution (B, atoms) of each sample's taken action, from logits (B, actions, atoms)."""
+    return logits[torch.arange(len(actions), device=logits.device), actions].log_softmax(-1)
 
 
 @dataclass

@@ -22,19 +22,31 @@ too. tests/test_fleet.py states the tolerance and why.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
 
 import numpy as np
 import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
 from atari_pb.core.device import pick_device
 from atari_pb.envs.pool import EnvPool, can_spawn
 from atari_pb.finetune.base import FinetuneTask
-from atari_pb.finetune.rainbow import RainbowConfig, RainbowRun, TrainResult, check
+from atari_pb.finetune.rainbow import (
+    RainbowConfig,
+    RainbowRun,
+    TrainResult,
+    c51_target,
+    check,
+    taken_log_probs,
+)
+from atari_pb.finetune.replay import ReplayBatch
 from atari_pb.finetune.resume import JobCheckpoint
+from atari_pb.models.distributional import q_values
 
 log = logging.getLogger(__name__)
 METRICS = ("loss", "q", "grad_norm")  # RainbowAgent.learn's, in order
@@ -50,40 +62,27 @@ def train_rainbow_fleet(
     (its backbone frozen): their agents use one copy of it."""
     check(cfg)
     t = cfg.train
-    device = pick_device(t.device, "train.device")
-    shared = tasks[0].encoder.backbone.to(device)
     pool = env_pool(cfg, tasks)
-    runs = []
-    for i, task in enumerate(tasks):
-        env = (pool.member(i), pool.first_obs[i]) if pool is not None else None
-        run = RainbowRun(task.game, task.encoder, cfg, task.seed, device, prefix=f"member{i}_", env=env)
-        run.agent.online.backbone = run.agent.target.backbone = shared  # its own copy is dropped
-        run.set_precision()
-        runs.append(run)
+    runs = member_runs(cfg, tasks, pick_device(t.device, "train.device"), pool)
     checkpoint = runs[0].usable(checkpoint)
     state = checkpoint.load() if checkpoint is not None else None
     saved = state["members"] if state is not None else [None] * len(runs)
     for run, member_state in zip(runs, saved, strict=True):
         run.restore(member_state, checkpoint.dir if checkpoint is not None else None)
 
+    heads = stacked_heads(runs)
     lead = runs[0]  # lockstep: every member is at the same step and update count
     bar = tqdm(total=t.env_steps, initial=lead.steps, unit="step", desc=f"rainbow fleet of {len(runs)}",
                disable=None if progress else True)  # fmt: skip
     start = time.perf_counter()
     try:
         while lead.steps < t.env_steps:
-            chosen = [run.choose(a) for run, a in zip(runs, choose_actions(runs), strict=True)]
-            if pool is not None:
-                outcomes = pool.step(chosen)  # every agent's envs at once, in the pool's processes
-            else:
-                outcomes = [run.env.step(a) for run, a in zip(runs, chosen, strict=True)]
-            for run, actions, outcome in zip(runs, chosen, outcomes, strict=True):
-                run.store(actions, outcome)
-            learning = [run for run in runs if run.learning]
-            for _ in range(lead.updates_due if learning else 0):
-                learn_round(learning)
+            act(runs, heads, pool)
+            learn(runs, heads)
             bar.update(t.num_envs)
             if checkpoint is not None and checkpoint.due(lead.learner.updates):
+                for group in heads:  # the agents' own modules and Adam states, up to date
+                    group.unstack()
                 checkpoint.save(lead.learner.updates, {"members": [run.state() for run in runs]})
                 for run in runs:
                     run.saved()
@@ -96,7 +95,61 @@ def train_rainbow_fleet(
         if pool is not None:
             pool.close()
     seconds = time.perf_counter() - start
+    for group in heads:
+        group.unstack()
     return [run.result(seconds) for run in runs]
+
+
+def member_runs(
+    cfg: RainbowConfig, tasks: list[FinetuneTask], device, pool: EnvPool | None
+) -> list[RainbowRun]:
+    """Each task's run, built and seeded as the standalone job builds it, on the one shared backbone."""
+    shared = tasks[0].encoder.backbone.to(device)
+    runs = []
+    for i, task in enumerate(tasks):
+        env = (pool.member(i), pool.first_obs[i]) if pool is not None else None
+        run = RainbowRun(task.game, task.encoder, cfg, task.seed, device, prefix=f"member{i}_", env=env)
+        run.agent.online.backbone = run.agent.target.backbone = shared  # its own copy is dropped
+        run.set_precision()
+        runs.append(run)
+    return runs
+
+
+def act(runs: list[RainbowRun], heads: list[StackedHeads], pool: EnvPool | None) -> None:
+    """One step of every member: actions from one backbone pass, every env stepped, transitions stored."""
+    chosen = [run.choose(a) for run, a in zip(runs, choose_actions(runs, heads), strict=True)]
+    if pool is not None:
+        outcomes = pool.step(chosen)  # every agent's envs at once, in the pool's processes
+    else:
+        outcomes = [run.env.step(a) for run, a in zip(runs, chosen, strict=True)]
+    for run, actions, outcome in zip(runs, chosen, outcomes, strict=True):
+        run.store(actions, outcome)
+
+
+def learn(runs: list[RainbowRun], heads: list[StackedHeads]) -> None:
+    """The step's update rounds for the members that can learn (all, but for a step or two at the start
+    when some have no transition to learn from yet: those rounds run on the agents' own modules)."""
+    learning = [run for run in runs if run.learning]
+    if not learning:
+        return
+    partial = heads if len(learning) < len(runs) else []
+    for group in partial:
+        group.unstack()
+    for _ in range(runs[0].updates_due):
+        learn_round(learning, [] if partial else heads)
+    for group in partial:
+        group.stack()
+
+
+def stacked_heads(runs: list[RainbowRun]) -> list[StackedHeads]:
+    """A fleet of several stacks its agents' heads, one stack per head shape (number of actions); a fleet of
+    one runs its agent's own modules, exactly as the standalone job does."""
+    if len(runs) < 2:
+        return []
+    shapes: dict[int, list[RainbowRun]] = {}
+    for run in runs:
+        shapes.setdefault(run.agent.num_actions, []).append(run)
+    return [StackedHeads(group) for group in shapes.values()]
 
 
 def env_pool(cfg: RainbowConfig, tasks: list[FinetuneTask]) -> EnvPool | None:
@@ -112,39 +165,54 @@ def env_pool(cfg: RainbowConfig, tasks: list[FinetuneTask]) -> EnvPool | None:
     return EnvPool(specs, workers)
 
 
-def choose_actions(runs: list[RainbowRun]) -> list[np.ndarray]:
+def choose_actions(runs: list[RainbowRun], heads: list[StackedHeads]) -> list[np.ndarray]:
     """Every member's actions for this step: its own epsilon draws pick the envs that act greedily, and one
-    backbone pass over all members' greedy rows gives their actions (each from its own acting network)."""
+    backbone pass over those observations gives their actions (each from its own acting network; with
+    stacked heads, every env's, in one call per head shape)."""
     draws = [run.policy.explore(run.epsilon) for run in runs]
-    rows = [run.obs[greedy] for run, (greedy, _) in zip(runs, draws, strict=True)]
-    if sum(len(r) for r in rows):
+    greedy = [np.zeros(len(run.obs), dtype=np.int64) for run in runs]
+    if any(mask.any() for mask, _ in draws):
         agent = runs[0].agent
+        rows = [run.obs if heads else run.obs[mask] for run, (mask, _) in zip(runs, draws, strict=True)]
         with torch.no_grad():
             features = agent.features(torch.from_numpy(np.concatenate(rows)).to(agent.device))
-        features = features.split([len(r) for r in rows])
-    actions = []
-    for i, (run, (greedy, random_actions)) in enumerate(zip(runs, draws, strict=True)):
-        chosen = random_actions.copy()
-        if greedy.any():
-            chosen[greedy] = run.agent.greedy(features[i]).cpu().numpy()
-        actions.append(chosen)
-    return actions
+        if heads:
+            features = features.view(len(runs), -1, *features.shape[1:])
+            for group in heads:
+                at = [runs.index(run) for run in group.runs]
+                for i, actions in zip(at, group.greedy(features[at]).cpu().numpy(), strict=True):
+                    greedy[i] = actions
+        else:
+            for i, f in enumerate(features.split([len(r) for r in rows])):
+                if len(f):
+                    greedy[i][draws[i][0]] = runs[i].agent.greedy(f).cpu().numpy()
+    return [np.where(mask, g, random) for (mask, random), g in zip(draws, greedy, strict=True)]
 
 
-def learn_round(runs: list[RainbowRun]) -> None:
-    """One update of every member: its own batch and augmentation, one shared backbone pass, its own step;
-    then every member's new priorities and metrics come to the host in one transfer."""
+def learn_round(runs: list[RainbowRun], heads: list[StackedHeads]) -> None:
+    """One update of every member: its own batch and augmentation, one shared backbone pass, its own step
+    (stacked heads: one call per head shape; else each agent's own modules); then every member's new
+    priorities and metrics come to the host in one transfer."""
     batches = [run.learner.sample() for run in runs]
     pairs = [run.agent.augmented_pair(batch) for run, batch in zip(runs, batches, strict=True)]
     with torch.no_grad():  # the backbone is frozen
-        features = runs[0].agent.features(torch.cat(pairs)).split([len(p) for p in pairs])
-    outputs = []
-    for run, batch, f in zip(runs, batches, features, strict=True):
-        obs_features, next_features = f.split(len(batch.actions))
-        loss_per_sample, metrics = run.agent.learn(
-            batch, batch.weights, obs_features, next_features, next_features
-        )
-        outputs.append(torch.cat([loss_per_sample, torch.stack(list(metrics.values()))]))
+        features = runs[0].agent.features(torch.cat(pairs))
+    outputs: list[torch.Tensor | None] = [None] * len(runs)
+    if heads:
+        features = features.view(len(runs), -1, *features.shape[1:])
+        for group in heads:
+            at = [runs.index(run) for run in group.runs]
+            for i, out in zip(at, group.learn([batches[i] for i in at], features[at]), strict=True):
+                outputs[i] = out
+    else:
+        for i, (run, batch, f) in enumerate(
+            zip(runs, batches, features.split([len(p) for p in pairs]), strict=True)
+        ):
+            obs_features, next_features = f.split(len(batch.actions))
+            loss_per_sample, metrics = run.agent.learn(
+                batch, batch.weights, obs_features, next_features, next_features
+            )
+            outputs[i] = torch.cat([loss_per_sample, torch.stack([metrics[k] for k in METRICS])])
     host = torch.cat(outputs).cpu().numpy()
     at = 0
     for run, batch in zip(runs, batches, strict=True):
@@ -154,3 +222,119 @@ def learn_round(runs: list[RainbowRun]) -> None:
             batch, loss_per_sample, {k: float(v) for k, v in zip(METRICS, values, strict=True)}
         )
         at += b + len(METRICS)
+
+
+class _NeckHead(nn.Module):
+    """An agent net's neck and head as one module: backbone features -> logits (what a fleet stacks)."""
+
+    def __init__(self, neck: nn.Module, head: nn.Module):
+        super().__init__()
+        self.neck, self.head = neck, head
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        game = torch.zeros(len(features), dtype=torch.long, device=features.device)  # AgentNet's one row
+        return self.head(self.neck(features, game))
+
+
+class StackedHeads:
+    """The online and target necks and heads of K agents whose heads have one shape (the same number of
+    actions), as stacked parameters (K, ...) run in one vmapped call, with one Adam over the stacked tensors.
+
+    Every step stays per agent: its loss is the mean over its own batch (the total is the sum of the agents'
+    losses, so each agent's gradient is its own), its gradient norm is clipped on its own, Adam's and the EMA
+    target's updates are elementwise, and its update counter (which seeds its augmentation) is its own. The
+    agents' own modules and Adam states are stale while stacked: `unstack` writes the stacked state back
+    (before a checkpoint and at the end), `stack` reads it (at the start and after a restore)."""
+
+    def __init__(self, runs: list[RainbowRun]):
+        self.runs, self.agents = runs, [run.agent for run in runs]
+        first = self.agents[0]
+        self.cfg, self.support, self.num_actions = first.cfg, first.support, first.num_actions
+        self.base = _NeckHead(copy.deepcopy(first.online.neck), copy.deepcopy(first.online.head)).to("meta")
+        self.stack()
+
+    @staticmethod
+    def _parts(net) -> _NeckHead:
+        return _NeckHead(net.neck, net.head)
+
+    def stack(self) -> None:
+        online = [self._parts(a.online) for a in self.agents]
+        self.online, self.online_buffers = stack_module_state(online)
+        target, self.target_buffers = stack_module_state([self._parts(a.target) for a in self.agents])
+        self.target = {name: t.detach() for name, t in target.items()}
+        self.optimizer = torch.optim.Adam(list(self.online.values()), lr=self.cfg.lr, eps=self.cfg.adam_eps)
+        for name, stacked in self.online.items():
+            states = [
+                a.optimizer.state.get(m.get_parameter(name)) for a, m in zip(self.agents, online, strict=True)
+            ]
+            if all(states):  # restored agents: their Adam moments, stacked (lockstep: one step count)
+                self.optimizer.state[stacked] = {
+                    "step": states[0]["step"].clone(),
+                    "exp_avg": torch.stack([st["exp_avg"] for st in states]),
+                    "exp_avg_sq": torch.stack([st["exp_avg_sq"] for st in states]),
+                }
+
+    @torch.no_grad()
+    def unstack(self) -> None:
+        for k, agent in enumerate(self.agents):
+            online, target = self._parts(agent.online), self._parts(agent.target)
+            for name, param in online.named_parameters():
+                param.copy_(self.online[name][k])
+                state = self.optimizer.state.get(self.online[name])
+                if state:
+                    agent.optimizer.state[param] = {
+                        "step": state["step"].clone(),
+                        "exp_avg": state["exp_avg"][k].clone(),
+                        "exp_avg_sq": state["exp_avg_sq"][k].clone(),
+                    }
+            for name, param in target.named_parameters():
+                param.copy_(self.target[name][k])
+
+    def logits(self, features: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """(K, B, C, H, W) backbone features -> (K, B, actions, atoms) logits, every agent its own head."""
+        params, buffers = (self.target, self.target_buffers) if target else (self.online, self.online_buffers)
+        out = vmap(lambda p, b, x: functional_call(self.base, (p, b), (x,)))(params, buffers, features)
+        return out.view(*features.shape[:2], self.num_actions, self.cfg.num_atoms)
+
+    @torch.no_grad()
+    def greedy(self, features: torch.Tensor) -> torch.Tensor:
+        """(K, B, ...) features -> (K, B) greedy actions of each agent's acting network."""
+        return q_values(self.logits(features, self.cfg.act_with == "target"), self.support).argmax(-1)
+
+    def learn(self, batches: list[ReplayBatch], features: torch.Tensor) -> torch.Tensor:
+        """One update of every agent from its batch and its features (K, 2B, ...) of (obs, next obs):
+        returns (K, B + 3): each agent's per-sample losses, then its loss, q and gradient norm."""
+        cfg, dev, b = self.cfg, self.support.device, len(batches[0].actions)
+        actions, returns, discounts, weights = (
+            torch.from_numpy(np.stack([getattr(x, key) for x in batches])).to(dev)
+            for key in ("actions", "returns", "discounts", "weights")
+        )
+        obs_features, next_features = features[:, :b], features[:, b:]
+        with torch.no_grad():
+            next_target_logits = self.logits(next_features, target=True).flatten(0, 1)
+            next_online_logits = self.logits(next_features).flatten(0, 1) if cfg.double_q else None
+            target = c51_target(
+                next_target_logits, next_online_logits, returns.flatten(), discounts.flatten(), self.support
+            )
+        log_probs = taken_log_probs(self.logits(obs_features).flatten(0, 1), actions.flatten())
+        loss_per_sample = -(target * log_probs).sum(-1).view(len(batches), b)
+        losses = (weights.float() * loss_per_sample).mean(1)  # each agent's own loss
+
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()  # agent k's parameters get exactly agent k's gradient
+        grads = [p.grad for p in self.online.values()]
+        grad_norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)  # (K,)
+        if cfg.grad_clip > 0:  # clip_grad_norm_'s rule, per agent
+            scale = (cfg.grad_clip / (grad_norms + 1e-6)).clamp(max=1.0)
+            for g in grads:
+                g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
+        self.optimizer.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.target.values()), list(self.online.values()), 1.0 - cfg.target_tau)
+        for agent in self.agents:
+            agent.updates += 1
+        q_taken = (log_probs.detach().exp() * self.support).sum(-1).view(len(batches), b).mean(1)
+        if cfg.grad_clip <= 0:  # as the standalone agent reports it: not computed
+            grad_norms = torch.zeros_like(grad_norms)
+        scalars = torch.stack([losses.detach(), q_taken, grad_norms.detach()], dim=1)
+        return torch.cat([loss_per_sample.detach(), scalars], dim=1)
