@@ -5,19 +5,23 @@ Each member is a whole standalone run (rainbow.RainbowRun): its own env, replay,
 epsilon schedule, neck, head, target, Adam, augmentation draws and episode bookkeeping, built and seeded as
 `train_rainbow` builds them. What the fleet shares is the backbone's work:
   - acting: each member's own epsilon draws pick its envs that act greedily (EpsilonGreedy.explore), one
-    backbone pass runs over all those observations, and each member's acting network turns its rows into
-    actions;
-  - learning: each update round every learning member samples its own batch and augments it with its own
-    draws, one backbone pass runs over all the (observation, successor) pairs, and each member takes its
-    gradient step (its loss, clipping, Adam, EMA target) on its share of the features.
+    backbone pass runs over the observations, and each member's acting network turns its rows into actions;
+  - learning: each update round every member samples its own batch and augments it with its own draws, one
+    backbone pass runs over all the (observation, successor) pairs, and each member takes its own gradient
+    step (its loss, clipping, Adam, EMA target) on its share of the features;
+  - the heads: in a fleet of several, the members' necks and heads are stacked (StackedHeads, one stack per
+    number of actions) and run in one vmapped call, with one Adam over the stacked tensors. The per-agent
+    loop would launch a few hundred small kernels per agent and update, which on a GPU costs more than the
+    shared backbone pass; stacked, a round costs the same few hundred launches for the whole fleet.
 The members' envs step in parallel in `train.fleet_env_workers` processes (atari_pb.envs.pool): ALE's step
 holds the GIL, so threads would not overlap them (measured on 2 cores: 4 games stepped in 2 threads took
-1.19x the sequential time).
+1.19x the sequential time). Every member's priorities and metrics reach the host in one transfer a round.
 
-A fleet of one computes exactly what the standalone job computes. In a larger fleet an agent's features come
-from a bigger backbone batch; where a convolution's summation order depends on the batch size (cuDNN's and
-oneDNN's algorithm choice) they differ in the last bits, and a greedy action or a C51 target can then differ
-too. tests/test_fleet.py states the tolerance and why.
+A fleet of one runs its agent's own modules and computes exactly what the standalone job computes. In a
+larger fleet the stacked heads' batched matmuls and a bigger backbone batch may sum in another order (cuDNN's,
+oneDNN's and BLAS's choices depend on the shapes), so an agent's numbers differ from its standalone run in the
+last bits; should that ever flip a greedy action or a C51 target's argmax, the two runs then play different
+actions and replay different data. tests/test_fleet.py states the tolerance and why.
 """
 
 from __future__ import annotations
