@@ -25,7 +25,7 @@ BC = (
 ).split()
 RAINBOW = (
     "--protocol rainbow --encoder random --preset tiny --split id --games breakout --seeds 0 1 --episodes 1 "
-    "--eval-envs 1 eval.env.horizon=100 --save-agent train.env_steps=600 train.learning_starts=100 "
+    "--eval-envs 1 eval.env.horizon=100 --save-agent train.env_steps=300 train.learning_starts=100 "
     "train.updates_per_step=1 train.batch_size=8 train.eps_decay_steps=200 replay.capacity=600 agent.n_step=3 "
     "--checkpoint-every 100"
 ).split()

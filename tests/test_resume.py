@@ -31,7 +31,7 @@ BC = (
 ).split()
 RAINBOW = (
     "--protocol rainbow --encoder random --preset tiny --split id --games breakout --seeds 0 --episodes 1 "
-    "--eval-envs 1 eval.env.horizon=100 --save-agent train.env_steps=600 train.learning_starts=100 "
+    "--eval-envs 1 eval.env.horizon=100 --save-agent train.env_steps=400 train.learning_starts=100 "
     "train.updates_per_step=1 train.batch_size=8 train.eps_decay_steps=200 replay.capacity=600 agent.n_step=3"
 ).split()
 
@@ -110,7 +110,7 @@ def test_rainbow_killed_mid_run_ends_with_the_uninterrupted_agent(tmp_path):
     assert whole.returncode == 0, whole.stderr[-2000:]
     args = ["finetune", *RAINBOW, "--results", tmp_path / "killed", "--checkpoint-every", "100"]
     state = tmp_path / "killed/.checkpoints/random/rainbow/breakout/seed0" / STATE_FILE
-    held = kill_after_checkpoint(args, state, min_step=300)
+    held = kill_after_checkpoint(args, state, min_step=200)
     again = cli(args)
     assert again.returncode == 0, again.stderr[-2000:]
     assert resumed_step(again) >= held  # the update counter continues from the checkpoint
@@ -118,7 +118,7 @@ def test_rainbow_killed_mid_run_ends_with_the_uninterrupted_agent(tmp_path):
     killed, uninterrupted = (
         record_without_timing(tmp_path / d / tail / "seed0.json") for d in ("killed", "whole")
     )
-    assert killed == uninterrupted and killed["gradient_steps"] == 501 and killed["env_steps"] == 600
+    assert killed == uninterrupted and killed["gradient_steps"] == 301 and killed["env_steps"] == 400
     agents = [(tmp_path / d / tail / "agents/seed0.safetensors").read_bytes() for d in ("killed", "whole")]
     assert agents[0] == agents[1]  # exact: the emulators, generators and replay were restored too
 

@@ -13,13 +13,13 @@ ALE's threads, about a second to start); a daemonic process cannot start them (`
 from __future__ import annotations
 
 import multiprocessing
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from atari_pb.envs.atari import EnvConfig, make_vector_env
+from atari_pb.envs.workers import Workers, serve
 from atari_pb.games import Game
 
 
@@ -29,32 +29,20 @@ def can_spawn() -> bool:
 
 
 def _serve(conn, specs: list[tuple[Game, int, EnvConfig, int]]) -> None:
-    try:
+    def build():
         made = [make_vector_env(*spec) for spec in specs]
-        envs = [env for env, _ in made]
-        conn.send(
-            ("ok", [(obs, int(env.single_action_space.n), hasattr(env, "state_dict")) for env, obs in made])
-        )
-        while True:
-            command, data = conn.recv()
-            if command == "close":
-                break
-            if command == "step":
-                reply = [env.step(actions) for env, actions in zip(envs, data, strict=True)]
-            elif command == "state":
-                reply = envs[data].state_dict()
-            else:  # "load"
-                index, state = data
-                reply = envs[index].load_state_dict(state)
-            conn.send(("ok", reply))
-        for env in envs:
-            env.close()
-    except (EOFError, KeyboardInterrupt):
-        pass
-    except Exception:  # the parent raises it
-        conn.send(("error", traceback.format_exc()))
-    finally:
-        conn.close()
+        ready = [(obs, int(env.single_action_space.n), hasattr(env, "state_dict")) for env, obs in made]
+        return [env for env, _ in made], ready
+
+    def handle(envs: list, command: str, data):
+        if command == "step":
+            return [env.step(actions) for env, actions in zip(envs, data, strict=True)]
+        if command == "state":
+            return envs[data].state_dict()
+        index, state = data  # "load"
+        return envs[index].load_state_dict(state)
+
+    serve(conn, build, handle)
 
 
 class EnvPool:
@@ -63,59 +51,27 @@ class EnvPool:
     def __init__(self, specs: Sequence[tuple[Game, int, EnvConfig, int]], workers: int):
         import gymnasium
 
-        ctx = multiprocessing.get_context("spawn")
         self.shards = [s for s in np.array_split(np.arange(len(specs)), min(workers, len(specs))) if len(s)]
         self.where = {int(i): (w, j) for w, shard in enumerate(self.shards) for j, i in enumerate(shard)}
-        self.conns, self.procs = [], []
-        for shard in self.shards:
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(child, [specs[i] for i in shard]), daemon=True)
-            proc.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(proc)
-        made = [m for part in self._gather(self.conns) for m in part]
+        self.workers = Workers(_serve, [([specs[i] for i in shard],) for shard in self.shards])
+        made = [m for part in self.workers.gather() for m in part]
         self.first_obs = [obs for obs, _, _ in made]
         self.action_spaces = [gymnasium.spaces.Discrete(n) for _, n, _ in made]
         self.can_save = [saves for _, _, saves in made]
 
-    def _gather(self, conns) -> list:
-        out = []
-        for conn in conns:
-            status, value = conn.recv()
-            if status == "error":
-                self.close()
-                raise RuntimeError(f"an env worker failed:\n{value}")
-            out.append(value)
-        return out
-
     def _ask(self, index: int, command: str, data: Any) -> Any:
-        worker, _ = self.where[index]
-        self.conns[worker].send((command, data))
-        return self._gather([self.conns[worker]])[0]
+        return self.workers.ask(self.where[index][0], command, data)
 
     def step(self, actions: Sequence[np.ndarray]) -> list[tuple]:
         """Step every env with its actions, all workers at once; the outcomes in spec order."""
-        for conn, shard in zip(self.conns, self.shards, strict=True):
-            conn.send(("step", [np.asarray(actions[i]) for i in shard]))
-        return [outcome for part in self._gather(self.conns) for outcome in part]
+        self.workers.send_all([("step", [np.asarray(actions[i]) for i in shard]) for shard in self.shards])
+        return [outcome for part in self.workers.gather() for outcome in part]
 
     def member(self, index: int) -> PooledEnv:
         return (SavablePooledEnv if self.can_save[index] else PooledEnv)(self, index)
 
     def close(self) -> None:
-        for conn in self.conns:
-            try:
-                conn.send(("close", None))
-            except (BrokenPipeError, OSError):
-                pass
-        for proc in self.procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-        for conn in self.conns:
-            conn.close()
-        self.conns, self.procs = [], []
+        self.workers.close()
 
 
 class PooledEnv:

@@ -6,31 +6,20 @@ process (its emulator, seed and no-op draws are its own), so sharding changes th
 
 from __future__ import annotations
 
-import multiprocessing
-import traceback
 from collections.abc import Sequence
 
 import numpy as np
 
 from atari_pb.envs.atari import EnvConfig
 from atari_pb.envs.released import ReleasedVectorEnv
+from atari_pb.envs.workers import Workers, serve
 
 
 def _serve(conn, game: str, cfg: EnvConfig, actions: list[int], seeds: list[int]) -> None:
-    try:
-        env = ReleasedVectorEnv(game, len(seeds), cfg, actions, seeds)
-        conn.send(("ok", None))
-        while True:
-            command, data = conn.recv()
-            if command == "close":
-                break
-            conn.send(("ok", env.step(data) if command == "step" else env.reset(seed=data)))
-    except (EOFError, KeyboardInterrupt):
-        pass
-    except Exception:  # the parent raises it
-        conn.send(("error", traceback.format_exc()))
-    finally:
-        conn.close()
+    def handle(envs: list, command: str, data):
+        return envs[0].step(data) if command == "step" else envs[0].reset(seed=data)
+
+    serve(conn, lambda: ([ReleasedVectorEnv(game, len(seeds), cfg, actions, seeds)], None), handle)
 
 
 class ShardedVectorEnv:
@@ -49,45 +38,25 @@ class ShardedVectorEnv:
     ):
         import gymnasium
 
-        ctx = multiprocessing.get_context("spawn")
         self.num_envs = num_envs
         self.shards = [s for s in np.array_split(np.arange(num_envs), min(workers, num_envs)) if len(s)]
-        self.conns, self.procs = [], []
-        for shard in self.shards:
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=_serve,
-                args=(child, game, cfg, [int(a) for a in actions], [int(seeds[i]) for i in shard]),
-                daemon=True,
-            )
-            proc.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(proc)
-        self._gather()
+        args = [
+            (game, cfg, [int(a) for a in actions], [int(seeds[i]) for i in shard]) for shard in self.shards
+        ]
+        self.workers = Workers(_serve, args)
+        self.workers.gather()
         self.single_action_space = gymnasium.spaces.Discrete(len(actions))
         self.action_space = gymnasium.vector.utils.batch_space(self.single_action_space, num_envs)
         shape = (cfg.frames, 84, 84)
         self.single_observation_space = gymnasium.spaces.Box(0, 255, shape, np.uint8)
         self.observation_space = gymnasium.spaces.Box(0, 255, (num_envs, *shape), np.uint8)
 
-    def _gather(self) -> list:
-        out = []
-        for conn in self.conns:
-            status, value = conn.recv()
-            if status == "error":
-                self.close()
-                raise RuntimeError(f"an env worker failed:\n{value}")
-            out.append(value)
-        return out
-
     def reset(self, *, seed: np.ndarray | int | None = None, options: dict | None = None):
         seeds = None if seed is None else np.asarray(seed, np.int64) + np.zeros(self.num_envs, np.int64)
         if seeds is not None and np.ndim(seed) == 0:
             seeds = seeds + np.arange(self.num_envs)
-        for conn, shard in zip(self.conns, self.shards):
-            conn.send(("reset", None if seeds is None else seeds[shard]))
-        parts = self._gather()
+        self.workers.send_all([("reset", None if seeds is None else seeds[shard]) for shard in self.shards])
+        parts = self.workers.gather()
         return np.concatenate([obs for obs, _ in parts]), self._merge([info for _, info in parts], parts)
 
     def step(self, actions: np.ndarray):
@@ -100,9 +69,8 @@ class ShardedVectorEnv:
             raise ValueError(
                 f"actions must be {self.num_envs} ints in [0, {self.single_action_space.n}); got {actions}"
             )
-        for conn, shard in zip(self.conns, self.shards):
-            conn.send(("step", actions[shard]))
-        parts = self._gather()
+        self.workers.send_all([("step", actions[shard]) for shard in self.shards])
+        parts = self.workers.gather()
         obs, reward, terminated, truncated = (np.concatenate([p[k] for p in parts]) for k in range(4))
         return obs, reward, terminated, truncated, self._merge([p[4] for p in parts], parts)
 
@@ -114,15 +82,4 @@ class ShardedVectorEnv:
         return merged
 
     def close(self) -> None:
-        for conn in self.conns:
-            try:
-                conn.send(("close", None))
-            except (BrokenPipeError, OSError):
-                pass
-        for proc in self.procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-        for conn in self.conns:
-            conn.close()
-        self.conns, self.procs = [], []
+        self.workers.close()
