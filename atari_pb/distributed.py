@@ -63,3 +63,12 @@ def all_sum(x: torch.Tensor) -> torch.Tensor:
 def all_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean of a tensor over ranks (metrics); the tensor itself without DDP."""
     return all_sum(x) / world()[1]
+
+
+def finish_distributed() -> None:
+    """Leave torchrun's process group once a run is done: every rank waits for the others, then the group is
+    destroyed (a rank that exits inside it can abort while gloo's threads are torn down: "terminate called
+    without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

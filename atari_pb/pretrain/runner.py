@@ -27,7 +27,7 @@ from atari_pb.core.device import pick_device
 from atari_pb.core.schedules import epoch_steps, warmup_cosine
 from atari_pb.core.writer import METRICS, RunWriter
 from atari_pb.data import ShardSet, ShardStream, make_loader
-from atari_pb.distributed import DistInfo, all_mean, all_sum, init_distributed
+from atari_pb.distributed import DistInfo, all_mean, all_sum, finish_distributed, init_distributed
 from atari_pb.errors import DataError, UsageError
 from atari_pb.models.ema import ema_update
 from atari_pb.models.encoder import Encoder, export_encoder
@@ -284,6 +284,7 @@ def pretrain(name: str, data: Path, out: Path, cfg: PretrainConfig, resume: bool
             run.objective.encoder, encoder_path, {"objective": name, "steps": t.steps, "data": str(data)}
         )
         log.info("pretrain %s: %d steps done; encoder at %s", name, t.steps, encoder_path)
+    finish_distributed()
     return encoder_path
 
 
