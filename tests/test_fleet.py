@@ -381,7 +381,7 @@ def test_stacked_heads_update_each_agent_as_its_own_modules_would(encoder):
     for run in stacked + twins:
         for _ in range(100):
             run.act()
-    heads = StackedHeads(stacked)
+    heads = StackedHeads(stacked, [0, 1])
     for _ in range(30):
         batches = [run.learner.sample() for run in stacked]
         with torch.no_grad():

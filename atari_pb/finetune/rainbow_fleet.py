@@ -150,10 +150,10 @@ def stacked_heads(runs: list[RainbowRun]) -> list[StackedHeads]:
     one runs its agent's own modules, exactly as the standalone job does."""
     if len(runs) < 2:
         return []
-    shapes: dict[int, list[RainbowRun]] = {}
-    for run in runs:
-        shapes.setdefault(run.agent.num_actions, []).append(run)
-    return [StackedHeads(group) for group in shapes.values()]
+    shapes: dict[int, list[int]] = {}
+    for i, run in enumerate(runs):
+        shapes.setdefault(run.agent.num_actions, []).append(i)
+    return [StackedHeads([runs[i] for i in at], at) for at in shapes.values()]
 
 
 def env_pool(cfg: RainbowConfig, tasks: list[FinetuneTask]) -> EnvPool | None:
@@ -183,7 +183,7 @@ def choose_actions(runs: list[RainbowRun], heads: list[StackedHeads]) -> list[np
         if heads:
             features = features.view(len(runs), -1, *features.shape[1:])
             for group in heads:
-                at = [runs.index(run) for run in group.runs]
+                at = group.at
                 for i, actions in zip(at, group.greedy(features[at]).cpu().numpy(), strict=True):
                     greedy[i] = actions
         else:
@@ -205,7 +205,7 @@ def learn_round(runs: list[RainbowRun], heads: list[StackedHeads]) -> None:
     if heads:
         features = features.view(len(runs), -1, *features.shape[1:])
         for group in heads:
-            at = [runs.index(run) for run in group.runs]
+            at = group.at
             for i, out in zip(at, group.learn([batches[i] for i in at], features[at]), strict=True):
                 outputs[i] = out
     else:
@@ -250,8 +250,9 @@ class StackedHeads:
     agents' own modules and Adam states are stale while stacked: `unstack` writes the stacked state back
     (before a checkpoint and at the end), `stack` reads it (at the start and after a restore)."""
 
-    def __init__(self, runs: list[RainbowRun]):
+    def __init__(self, runs: list[RainbowRun], at: list[int]):
         self.runs, self.agents = runs, [run.agent for run in runs]
+        self.at = at  # the runs' places among the fleet's members (rows of its shared backbone batches)
         first = self.agents[0]
         self.cfg, self.support, self.num_actions = first.cfg, first.support, first.num_actions
         self.base = _NeckHead(copy.deepcopy(first.online.neck), copy.deepcopy(first.online.head)).to("meta")
