@@ -282,15 +282,8 @@ def cmd_leaderboard(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
-    from atari_pb.core.device import available_memory
-    from atari_pb.finetune.run import (
-        DEFAULT_FLEET_SIZE,
-        check_fleetable,
-        finetune,
-        fitting_fleet_size,
-        games_by_split,
-        plan,
-    )
+    from atari_pb.finetune.run import check_fleetable, finetune, games_by_split, plan
+    from atari_pb.finetune.sizing import DEFAULT_FLEET_SIZE, fleet_size_for
 
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be >= 1")
@@ -339,11 +332,8 @@ def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
         for job in jobs
     ]
     fleet_size = (args.fleet_size or DEFAULT_FLEET_SIZE) if args.fleet else 0
-    if args.fleet and args.backend == "local":  # sized to this machine's memory (Ray: each task declares it)
-        available = available_memory()  # shared by the pool's workers, one fleet each
-        fleet_size = fitting_fleet_size(
-            jobs, args.fleet_size, available // args.workers if available else None
-        )
+    if args.fleet and args.backend == "local":  # sized to this machine (Ray: each task declares its memory)
+        fleet_size = fleet_size_for(jobs, args.fleet_size, args.workers)
     if args.backend == "ray":
         from atari_pb.finetune.ray_backend import RayOptions, finetune_on_ray
 

@@ -72,6 +72,17 @@ class FinetuneResult:
     score: float | None = None  # self-scoring protocols (`rollouts = False`): the run's score; else None
 
 
+@dataclass(frozen=True)
+class FleetFootprint:
+    """One fleet agent's share of a fleet's memory, as its protocol declares it (finetune/sizing.py turns it
+    into bytes with the model's shapes)."""
+
+    host_bytes: int  # host memory beyond the shared backbone (Rainbow: its replay when full)
+    rows: int  # its input rows in one shared backbone pass (offline BC: its batch; Rainbow: obs + next obs)
+    outputs: int  # its head's outputs at most (18 actions; Rainbow: 18 x atoms)
+    device: str  # the protocol's train.device setting (auto, cpu, cuda:N)
+
+
 class Protocol:
     name: ClassVar[str]
     Config: ClassVar[type]
@@ -114,10 +125,10 @@ class Protocol:
         raise UsageError(f"the {cls.name} protocol cannot save its agents")
 
     @staticmethod
-    def fleet_member_bytes(cfg: Any) -> int:
-        """`fleet` protocols: the most host memory one agent of a fleet holds beyond the shared backbone
-        (Rainbow: its replay), which sizes fleets to the machine (0: small enough not to count)."""
-        return 0
+    def fleet_footprint(cfg: Any) -> FleetFootprint:
+        """`fleet` protocols: what one agent of a fleet holds beyond the shared backbone, which sizes fleets
+        to the machine (finetune/sizing.py)."""
+        raise UsageError("this protocol does not train fleets")
 
     @classmethod
     def train_fleet(

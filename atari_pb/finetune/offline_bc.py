@@ -27,11 +27,19 @@ from atari_pb.core.schedules import epoch_steps, warmup_cosine
 from atari_pb.data import SampleSpec, ShardSet, ShardStream, make_loader
 from atari_pb.envs.atari import num_actions as game_actions
 from atari_pb.errors import DataError, UsageError
-from atari_pb.finetune.base import FinetuneResult, FinetuneTask, Protocol, load_protocol_config, register
+from atari_pb.finetune.base import (
+    FinetuneResult,
+    FinetuneTask,
+    FleetFootprint,
+    Protocol,
+    load_protocol_config,
+    register,
+)
 from atari_pb.finetune.resume import JobCheckpoint
 from atari_pb.games import Game
 from atari_pb.models.agent import HEAD_INITS, AgentNet, build_agent_net, set_backbone_precision
 from atari_pb.models.encoder import Encoder
+from atari_pb.models.memory import MAX_ACTIONS
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +301,11 @@ class OfflineBC(Protocol):
         return FinetuneResult(
             r.agent, gradient_steps=r.steps, env_steps=0, seconds=r.seconds, summary=summary
         )
+
+    @staticmethod
+    def fleet_footprint(cfg: OfflineBCConfig) -> FleetFootprint:
+        """No replay on the host (its shards are read in batches); on the device its batch of observations."""
+        return FleetFootprint(0, cfg.train.batch_size, MAX_ACTIONS, cfg.train.device)
 
     @staticmethod
     def train_fleet(

@@ -35,7 +35,14 @@ from atari_pb.core.schedules import linear
 from atari_pb.core.timing import NO_TIMING, Sections
 from atari_pb.envs.atari import EnvConfig, make_vector_env
 from atari_pb.errors import UsageError
-from atari_pb.finetune.base import FinetuneResult, FinetuneTask, Protocol, load_protocol_config, register
+from atari_pb.finetune.base import (
+    FinetuneResult,
+    FinetuneTask,
+    FleetFootprint,
+    Protocol,
+    load_protocol_config,
+    register,
+)
 from atari_pb.finetune.buffer_log import BufferLog, BufferLogConfig
 from atari_pb.finetune.replay import PrioritizedReplay, ReplayBatch
 from atari_pb.finetune.resume import FrameMirror, JobCheckpoint
@@ -44,6 +51,7 @@ from atari_pb.models.agent import HEAD_INITS, AgentNet, build_agent_net, save_ag
 from atari_pb.models.distributional import project_distribution, q_values, select_greedy
 from atari_pb.models.ema import ema_update, make_target
 from atari_pb.models.encoder import Encoder
+from atari_pb.models.memory import MAX_ACTIONS
 
 log = logging.getLogger(__name__)
 
@@ -674,10 +682,13 @@ class Rainbow(Protocol):
         return finetune_result(r)
 
     @staticmethod
-    def fleet_member_bytes(cfg: RainbowConfig) -> int:
-        """The replay when full, and the released buffer log if one is kept (frame + 3 float64 a row)."""
+    def fleet_footprint(cfg: RainbowConfig) -> FleetFootprint:
+        """Host: the replay when full, and the released buffer log if one is kept (frame + 3 float64 a row).
+        Device: a learning round's batch of observations and successors (or a step's envs, if more)."""
         log_rows = cfg.buffer_log.size if cfg.buffer_log.dir else 0
-        return cfg.replay.capacity * PrioritizedReplay.slot_bytes() + log_rows * (84 * 84 + 3 * 8)
+        host = cfg.replay.capacity * PrioritizedReplay.slot_bytes() + log_rows * (84 * 84 + 3 * 8)
+        rows = max(2 * cfg.train.batch_size, cfg.train.num_envs)
+        return FleetFootprint(host, rows, MAX_ACTIONS * cfg.agent.num_atoms, cfg.train.device)
 
     @staticmethod
     def train_fleet(

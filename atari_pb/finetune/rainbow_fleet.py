@@ -26,15 +26,13 @@ actions and replay different data. tests/test_fleet.py states the tolerance and 
 
 from __future__ import annotations
 
-import copy
 import logging
+import math
 import os
 import time
 
 import numpy as np
 import torch
-from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
 from atari_pb.core.device import pick_device
@@ -50,6 +48,15 @@ from atari_pb.finetune.rainbow import (
 )
 from atari_pb.finetune.replay import ReplayBatch
 from atari_pb.finetune.resume import JobCheckpoint
+from atari_pb.finetune.stacking import (
+    clip_per_agent_,
+    gather_adam_states,
+    meta_copy,
+    run_stacked,
+    scatter_,
+    stack_parts,
+)
+from atari_pb.models.agent import NeckHead
 from atari_pb.models.distributional import q_values
 
 log = logging.getLogger(__name__)
@@ -228,77 +235,46 @@ def learn_round(runs: list[RainbowRun], heads: list[StackedHeads]) -> None:
         at += b + len(METRICS)
 
 
-class _NeckHead(nn.Module):
-    """An agent net's neck and head as one module: backbone features -> logits (what a fleet stacks)."""
-
-    def __init__(self, neck: nn.Module, head: nn.Module):
-        super().__init__()
-        self.neck, self.head = neck, head
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        game = torch.zeros(len(features), dtype=torch.long, device=features.device)  # AgentNet's one row
-        return self.head(self.neck(features, game))
-
-
 class StackedHeads:
     """The online and target necks and heads of K agents whose heads have one shape (the same number of
-    actions), as stacked parameters (K, ...) run in one vmapped call, with one Adam over the stacked tensors.
+    actions), as stacked parameters (K, ...) run in one vmapped call, with one Adam over the stacked tensors
+    (finetune/stacking.py; lockstep: the agents share Adam's step count and learning rate).
 
-    Every step stays per agent: its loss is the mean over its own batch (the total is the sum of the agents'
-    losses, so each agent's gradient is its own), its gradient norm is clipped on its own, Adam's and the EMA
-    target's updates are elementwise, and its update counter (which seeds its augmentation) is its own. The
-    agents' own modules and Adam states are stale while stacked: `unstack` writes the stacked state back
-    (before a checkpoint and at the end), `stack` reads it (at the start and after a restore)."""
+    Every step stays per agent: its loss is the mean over its own batch, its gradient norm is clipped on its
+    own, Adam's and the EMA target's updates are elementwise, and its update counter (which seeds its
+    augmentation) is its own. The agents' own modules and Adam states are stale while stacked: `unstack`
+    writes the stacked state back (before a checkpoint and at the end), `stack` reads it (at the start and
+    after a restore)."""
 
     def __init__(self, runs: list[RainbowRun], at: list[int]):
         self.runs, self.agents = runs, [run.agent for run in runs]
         self.at = at  # the runs' places among the fleet's members (rows of its shared backbone batches)
         first = self.agents[0]
         self.cfg, self.support, self.num_actions = first.cfg, first.support, first.num_actions
-        self.base = _NeckHead(copy.deepcopy(first.online.neck), copy.deepcopy(first.online.head)).to("meta")
+        self.base = meta_copy(NeckHead(first.online.neck, first.online.head))
         self.stack()
 
-    @staticmethod
-    def _parts(net) -> _NeckHead:
-        return _NeckHead(net.neck, net.head)
+    def _parts(self, which: str) -> list[NeckHead]:
+        return [NeckHead(getattr(a, which).neck, getattr(a, which).head) for a in self.agents]
 
     def stack(self) -> None:
-        online = [self._parts(a.online) for a in self.agents]
-        self.online, self.online_buffers = stack_module_state(online)
-        target, self.target_buffers = stack_module_state([self._parts(a.target) for a in self.agents])
+        online = self._parts("online")
+        self.online, self.online_buffers = stack_parts(online)
+        target, self.target_buffers = stack_parts(self._parts("target"))
         self.target = {name: t.detach() for name, t in target.items()}
         self.optimizer = torch.optim.Adam(list(self.online.values()), lr=self.cfg.lr, eps=self.cfg.adam_eps)
-        for name, stacked in self.online.items():
-            states = [
-                a.optimizer.state.get(m.get_parameter(name)) for a, m in zip(self.agents, online, strict=True)
-            ]
-            if all(states):  # restored agents: their Adam moments, stacked (lockstep: one step count)
-                self.optimizer.state[stacked] = {
-                    "step": states[0]["step"].clone(),
-                    "exp_avg": torch.stack([st["exp_avg"] for st in states]),
-                    "exp_avg_sq": torch.stack([st["exp_avg_sq"] for st in states]),
-                }
+        self.optimizer.state.update(
+            gather_adam_states(self.online, online, [a.optimizer for a in self.agents])
+        )
 
-    @torch.no_grad()
     def unstack(self) -> None:
-        for k, agent in enumerate(self.agents):
-            online, target = self._parts(agent.online), self._parts(agent.target)
-            for name, param in online.named_parameters():
-                param.copy_(self.online[name][k])
-                state = self.optimizer.state.get(self.online[name])
-                if state:
-                    agent.optimizer.state[param] = {
-                        "step": state["step"].clone(),
-                        "exp_avg": state["exp_avg"][k].clone(),
-                        "exp_avg_sq": state["exp_avg_sq"][k].clone(),
-                    }
-            for name, param in target.named_parameters():
-                param.copy_(self.target[name][k])
+        scatter_(self.online, self._parts("online"), self.optimizer.state, [a.optimizer for a in self.agents])
+        scatter_(self.target, self._parts("target"))
 
     def logits(self, features: torch.Tensor, target: bool = False) -> torch.Tensor:
         """(K, B, C, H, W) backbone features -> (K, B, actions, atoms) logits, every agent its own head."""
         params, buffers = (self.target, self.target_buffers) if target else (self.online, self.online_buffers)
-        out = vmap(lambda p, b, x: functional_call(self.base, (p, b), (x,)))(params, buffers, features)
+        out = run_stacked(self.base, params, buffers, features)
         return out.view(*features.shape[:2], self.num_actions, self.cfg.num_atoms)
 
     @torch.no_grad()
@@ -327,12 +303,8 @@ class StackedHeads:
 
         self.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()  # agent k's parameters get exactly agent k's gradient
-        grads = [p.grad for p in self.online.values()]
-        grad_norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)  # (K,)
-        if cfg.grad_clip > 0:  # clip_grad_norm_'s rule, per agent
-            scale = (cfg.grad_clip / (grad_norms + 1e-6)).clamp(max=1.0)
-            for g in grads:
-                g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        grad_norms = clip_per_agent_([p.grad for p in self.online.values()], max_norm)  # (K,)
         self.optimizer.step()
         with torch.no_grad():
             torch._foreach_lerp_(list(self.target.values()), list(self.online.values()), 1.0 - cfg.target_tau)

@@ -32,11 +32,11 @@ from atari_pb.finetune.run import (
     compute_unit,
     describe,
     is_fleet,
-    member_bytes,
     unfinished,
     work_units,
     write_unit,
 )
+from atari_pb.finetune.sizing import host_bytes
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,8 @@ def finetune_on_ray(
         return [], []
     ray = connect(options)
     try:
-        memory = [sum(member_bytes(j) for j in unit) if is_fleet(unit) else 0 for unit in units]
+        on_gpu = options.gpus_per_job > 0
+        memory = [sum(host_bytes(j, on_gpu) for j in unit) if is_fleet(unit) else 0 for unit in units]
         check_resources(ray, options, max(memory))
         task = ray.remote(
             num_cpus=options.cpus_per_job,
@@ -150,7 +151,8 @@ def finetune_on_ray(
             retry_exceptions=False,  # an atari-pb error is the job's answer, not a failure to retry
         )(run_remote)
         threads = max(1, int(options.cpus_per_job))
-        # a fleet declares its agents' replays as Ray's `memory` resource, so a node takes no more than fit
+        # a fleet declares its agents' host memory as Ray's `memory` resource, so a node takes no more than
+        # fit (its device memory is checked where it runs: sizing.check_fleet_fits)
         pending = {
             task.options(**({"memory": need} if need else {})).remote(unit, options.log_level, threads): unit
             for unit, need in zip(units, memory, strict=True)

@@ -41,6 +41,7 @@ from atari_pb.finetune.base import (
     protocol_names,
 )
 from atari_pb.finetune.resume import JobCheckpoint, remove_checkpoint
+from atari_pb.finetune.sizing import check_fleet_fits
 from atari_pb.games import get_game
 from atari_pb.models.encoder import Encoder, ModelConfig, config_path, load_encoder
 
@@ -237,36 +238,6 @@ def backbone_key(job: Job) -> tuple:
     return (job.protocol, job.encoder, job.preset, job.seed if baseline else None, job.overrides)
 
 
-DEFAULT_FLEET_SIZE = 16  # agents a fleet, unless --fleet-size says otherwise
-MEMORY_SHARE = 0.8  # of the host memory available when the sweep starts, what one fleet's agents may hold
-
-
-def member_bytes(job: Job) -> int:
-    """The most host memory one agent of `job`'s fleets holds (Protocol.fleet_member_bytes)."""
-    return protocol_class(job.protocol).fleet_member_bytes(load_protocol_config(job.protocol, job.overrides))
-
-
-def fitting_fleet_size(jobs: Sequence[Job], requested: int | None, available: int | None) -> int:
-    """Agents a fleet: `requested` (None: DEFAULT_FLEET_SIZE), unless that many agents would hold more than
-    MEMORY_SHARE of the `available` host memory; then a requested size is refused (one line saying how
-    many fit) and the default is lowered to what fits."""
-    size = requested or DEFAULT_FLEET_SIZE
-    per_agent = max((member_bytes(j) for j in jobs), default=0)
-    if available is None or per_agent == 0:
-        return size
-    fits = max(1, int(MEMORY_SHARE * available // per_agent))
-    if size <= fits:
-        return size
-    if requested is not None:
-        raise UsageError(
-            f"--fleet-size {requested}: a {jobs[0].protocol} agent holds up to {per_agent / 2**30:.2f} GiB "
-            f"(its replay) and {available / 2**30:.1f} GiB of memory is available to each worker, so at most {fits} "
-            f"fit; use --fleet-size {fits}"
-        )
-    log.info("finetune: fleets of %d agents (%.2f GiB each; %d would not fit)", fits, per_agent / 2**30, size)
-    return fits
-
-
 def fleets(jobs: Sequence[Job], size: int) -> list[tuple[Job, ...]]:
     """Group jobs that share a frozen backbone and a configuration into fleets of at most `size` agents."""
     groups: dict[tuple, list[Job]] = {}
@@ -300,6 +271,7 @@ def compute_fleet(jobs: Sequence[Job], progress: bool = True) -> list[JobOutput]
             f"a fleet must share one encoder, protocol and configuration; got {len(keys)} kinds of job"
         )
     check_fleet_request(jobs)
+    check_fleet_fits(jobs)  # this device, now: the sweep may have sized the fleet on another machine
     encoders: dict = {}
     prepared = [prepare_job(dataclasses.replace(j, checkpoints=None), encoders) for j in jobs]
     first = prepared[0]

@@ -49,6 +49,19 @@ HEAD_KINDS = ("logits", "c51")
 HEAD_INITS = ("normal", "torch")
 
 
+class NeckHead(nn.Module):
+    """An agent net's neck and head as one module, backbone features -> outputs (what a fleet stacks, what
+    memory estimates measure)."""
+
+    def __init__(self, neck: nn.Module, head: nn.Module):
+        super().__init__()
+        self.neck, self.head = neck, head
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        game = torch.zeros(len(features), dtype=torch.long, device=features.device)  # the one game's row
+        return self.head(self.neck(features, game))
+
+
 class AgentNet(nn.Module):
     """uint8 (B, F, 84, 84) stacks (or augmented floats in [0, 1]) -> (B, out_dim)."""
 
@@ -66,8 +79,7 @@ class AgentNet(nn.Module):
         return features.float()  # the neck and head stay float32 (a no-op without autocast)
 
     def from_features(self, features: torch.Tensor) -> torch.Tensor:
-        game = torch.zeros(len(features), dtype=torch.long, device=features.device)  # the one row
-        return self.head(self.neck(features, game))
+        return NeckHead.forward(self, features)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.from_features(self.features(obs))
