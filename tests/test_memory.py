@@ -16,20 +16,28 @@ from atari_pb.models.encoder import ModelConfig
 
 # A real no-grad backbone pass of ROWS rows in a fresh process: the growth of its peak resident memory over
 # the level before the pass (input already made), per row. glibc returns large freed blocks to the system,
-# so the peak is what was alive at once (plus allocator slack).
+# so the peak is what was alive at once (plus allocator slack). The peak is the memory map's own (VmHWM):
+# getrusage's ru_maxrss survives exec, so a child of a large pytest process would start at its parent's peak.
 PEAK_SCRIPT = """
-import json, resource, sys, torch
+import json, sys, torch
 from atari_pb.models.backbone import Backbone
+
+
+def peak():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
 torch.set_num_threads(1)
 preset, rows = sys.argv[1], int(sys.argv[2])
 net = Backbone(preset).eval()
 with torch.no_grad():
     net(torch.zeros(2, 4, 84, 84, dtype=torch.uint8))  # kernels and their workspaces, once
 obs = torch.randint(0, 256, (rows, 4, 84, 84), dtype=torch.uint8)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak()
 with torch.no_grad():
     net(obs)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak()
 print(json.dumps({"per_row": (after - before) * 1024 / rows}))
 """
 
