@@ -152,20 +152,20 @@ class StackedBCHeads:
             lrs = [opt.param_groups[0]["lr"] for opt in g.optimizers]  # each agent's scheduled rate
             t = self.cfg
             adamw_step_(params, g.states, lrs, tuple(t.betas), t.eps, t.weight_decay)
-            for m in g.members:
-                _schedule_step(m.run.scheduler)
+            _schedule_steps([m.run.scheduler for m in g.members])
 
     def unstack(self) -> None:
         for g in self.groups:
             scatter_(g.params, g.parts, g.states, g.optimizers)
 
 
-def _schedule_step(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
-    """The agent's schedule advances as its standalone run's does; its own optimiser did not step (the stack
+def _schedule_steps(schedulers: list[torch.optim.lr_scheduler.LRScheduler]) -> None:
+    """Each agent's schedule advances as its standalone run's does; its own optimiser did not step (the stack
     did), which torch would warn about."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
-        scheduler.step()
+        for scheduler in schedulers:
+            scheduler.step()
 
 
 def _restore(checkpoint: JobCheckpoint | None, members: list[_Member]) -> int:

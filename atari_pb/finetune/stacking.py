@@ -112,9 +112,13 @@ def adamw_step_(
     tensors whose agent k runs at learning rate lrs[k]. The per-agent factors are computed in double
     precision and rounded to the parameters' dtype, as torch rounds its Python-float ones."""
     beta1, beta2 = betas
-    for p in params:
-        if p.grad is None:  # as torch: a parameter without a gradient is not stepped
-            continue
+    live = [
+        p for p in params if p.grad is not None
+    ]  # as torch: a parameter without a gradient is not stepped
+    if not live:
+        return
+    decay = _per_agent([1 - lr * weight_decay for lr in lrs], live[0])  # (K,), made once a step
+    for p in live:
         state = states.get(p)
         if not state:
             state = states[p] = {
@@ -124,15 +128,16 @@ def adamw_step_(
             }
         state["step"] += 1
         step = float(state["step"])
-        p.mul_(_per_agent([1 - lr * weight_decay for lr in lrs], p))
+        shape = (-1, *[1] * (p.dim() - 1))
+        p.mul_(decay.view(shape))
         state["exp_avg"].lerp_(p.grad, 1 - beta1)
         state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
         bias_correction1 = 1 - beta1**step
         denom = (state["exp_avg_sq"].sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
-        p.add_(state["exp_avg"] / denom * _per_agent([-lr / bias_correction1 for lr in lrs], p))
+        step_size = _per_agent([-lr / bias_correction1 for lr in lrs], p)  # lockstep: one step count
+        p.add_(state["exp_avg"] / denom * step_size.view(shape))
 
 
 def _per_agent(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
-    """Per-agent factors, computed in float64 and rounded once to `like`'s dtype, shaped to broadcast over
-    its (K, ...) slices."""
-    return torch.tensor(values, dtype=torch.float64).to(like).view(-1, *[1] * (like.dim() - 1))
+    """(K,) per-agent factors, computed in float64 and rounded once to `like`'s dtype, on its device."""
+    return torch.tensor(values, dtype=torch.float64).to(like)
