@@ -65,6 +65,14 @@ def _selection_args(p: argparse.ArgumentParser, samples: bool = True) -> None:
         p.add_argument("--samples-per-ckpt", type=int, help="first N transitions of each checkpoint")
 
 
+def _skip_missing_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--skip-missing-games",
+        action="store_true",
+        help="RL Unplugged: go on with the games it has instead of stopping at those it lacks",
+    )
+
+
 def _dataset_config(args: argparse.Namespace, overrides: list[str]):
     """The selection from --dataset (if any), the flags on top, then key=value overrides."""
     from atari_pb.data.dataset import DatasetConfig
@@ -120,10 +128,13 @@ def cmd_collect_probes(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_download(args: argparse.Namespace, overrides: list[str]) -> int:
-    from atari_pb.data.download import download
+    from atari_pb.data.download import SOURCES, download
 
-    cfg = _dataset_config(args, overrides)
-    _dqn_replay_only(cfg, "download")
+    cfg = _dataset_config(args, [*([f"layout={args.source}"] if args.source else []), *overrides])
+    if cfg.layout not in SOURCES:
+        raise UsageError(
+            f"download fetches {' or '.join(SOURCES)}; layout={cfg.layout} is a layout ingest reads (downloaded by hand)"
+        )
     samples = None if args.whole else cfg.samples_per_ckpt
     report = download(
         args.dest,
@@ -135,6 +146,8 @@ def cmd_download(args: argparse.Namespace, overrides: list[str]) -> int:
         retries=args.retries,
         timeout=args.timeout,
         fallback=not args.no_fallback,
+        source=cfg.layout,
+        skip_missing_games=args.skip_missing_games,
     )
     log.info("download: %s", report)
     return 0
@@ -158,6 +171,7 @@ def cmd_ingest(args: argparse.Namespace, overrides: list[str]) -> int:
         args.workers,
         args.full_check,
         cfg.layout,
+        args.skip_missing_games,
     )
     for line in report.errors:
         print(f"atari-pb: error: {line}", file=sys.stderr)
@@ -261,9 +275,10 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
         raise UsageError(f"unknown normalization {args.normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
     records = _eval_records(args.results)
     from atari_pb.eval.aggregate import aggregate
-    from atari_pb.eval.leaderboard import markdown_table
+    from atari_pb.eval.leaderboard import SPLIT_TITLES, markdown_table, warn_mixed
 
     rows = aggregate(records, args.split, args.normalization, args.reps, args.seed, args.protocol)
+    warn_mixed(rows, SPLIT_TITLES[args.split])  # the table says it too, in a line above it
     sys.stdout.write(markdown_table(rows))
     return 0
 
@@ -437,13 +452,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--games", nargs="+", help="annotated games, or splits (their annotated games)")
     p.set_defaults(func=cmd_collect_probes)
 
-    p = sub.add_parser("download", help="fetch DQN-Replay files over HTTPS (prefix-streaming, resumable)")
-    p.add_argument("dest", type=Path, help="root of the local DQN-Replay tree")
+    p = sub.add_parser(
+        "download", help="fetch DQN-Replay or its RL Unplugged copy over HTTPS (prefix-streaming, resumable)"
+    )
+    p.add_argument("dest", type=Path, help="root of the local tree (the server's layout)")
     _selection_args(p)
     p.add_argument(
-        "--whole", action="store_true", help="download whole observation files, not just the prefix"
+        "--source",
+        choices=("dqn_replay", "rlu"),
+        help="dqn_replay (default; the public bucket refuses access since 2025: for mirrors) or rlu (RL "
+        "Unplugged Atari, the same runs, 46 games)",
     )
-    p.add_argument("--base-url", default=None, help="where the DQN-Replay tree is served")
+    p.add_argument(
+        "--whole",
+        action="store_true",
+        help="download whole observation (RLU: checkpoint) files, not just the prefix",
+    )
+    p.add_argument(
+        "--base-url",
+        default=None,
+        help="where the tree is served (default: the public DQN-Replay bucket, or RL Unplugged's for --source rlu)",
+    )
+    _skip_missing_arg(p)
     p.add_argument("--retries", type=int, default=5)
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument(
@@ -466,10 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--layout",
-        choices=("dqn_replay", "atari_pb_far_ood"),
+        choices=("dqn_replay", "atari_pb_far_ood", "rlu"),
         help="source layout (default: the dataset's, dqn_replay): atari_pb_far_ood reads the released "
-        "Far-OOD BC data, <Game>/<field>_<run>_<ckpt>.gz",
+        "Far-OOD BC data, <Game>/<field>_<run>_<ckpt>.gz; rlu reads RL Unplugged, <Game>/run_<r>-<ckpt>-of-<N>",
     )
+    _skip_missing_arg(p)
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("verify", help="re-hash shards against the manifest, check shapes and dtypes")

@@ -247,6 +247,7 @@ def test_cli_eval_prints_the_markdown_table(results):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith("| Method | Protocol | Split | Games | Seeds | IQM |")
+    assert lines[0].endswith("| Optimality Gap | Pre-training data |")
     assert lines[1].startswith("|---|")
     rows = aggregate(_records(), "id", reps=REPS, seed=0)
     assert len(lines) == 2 + len(rows) == 6
@@ -254,6 +255,7 @@ def test_cli_eval_prints_the_markdown_table(results):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[:5] == [row["method"], row["protocol"], "id", "3", "3"]
         assert cells[5] == f"{row['iqm']:.3f} [{row['iqm_low']:.3f}, {row['iqm_high']:.3f}]"
+        assert cells[-1] == row["pretrain_data"] == "none"  # records without an encoder file
     only = run_cli(
         "eval", "--results", results, "--split", "id", "--protocol", "rainbow", "--reps", 20, cwd=results
     )
@@ -275,6 +277,7 @@ def test_cli_leaderboard_writes_every_file(board):
     assert "Human-normalised" in page and "Human-normalised" in (board / "leaderboard.md").read_text()
     tex = (board / "leaderboard.tex").read_text()
     assert "\\begin{tabular}" in tex and "offline\\_bc" in tex and tex.rstrip().endswith("\\end{tabular}")
+    assert "Pre-training data \\\\" in tex and "Pre-training data</th>" in page
 
 
 def test_cli_leaderboard_csv_matches_the_aggregate(board):
@@ -308,6 +311,8 @@ def test_cli_leaderboard_csv_matches_the_aggregate(board):
             assert float(line[col]) == pytest.approx(row[col], rel=1e-12), col
         assert (int(line["n_games"]), int(line["n_seeds"])) == (3, 3)
         assert line["human_iqm"] != ""
+        assert line["pretrain_data"] == "none"
+    assert header[-1] == "pretrain_data"  # after every column files had before it
 
 
 def test_cli_missing_results_directory(tmp_path):

@@ -33,6 +33,7 @@ REQUIRED = {
     "encoder_sha256",
     "config",
 }
+DATA = {"source": "collect", "games": 2, "transitions": 8000, "shards": 8}  # the encoder's pre-training data
 QUICK_EVAL = ["--episodes", "2", "--eval-envs", "2", "eval.env.horizon=150"]
 QUICK_RAINBOW = [
     "train.env_steps=240",
@@ -51,7 +52,9 @@ QUICK_RAINBOW = [
 def encoder_file(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("encoder") / "curl" / "encoder.safetensors"
-    return export_encoder(Encoder(ModelConfig(preset="tiny")), path, {"objective": "curl"})
+    return export_encoder(
+        Encoder(ModelConfig(preset="tiny")), path, {"objective": "curl", "pretrain_data": DATA}
+    )
 
 
 def test_offline_bc_sweep_writes_records_and_skips_finished_ones(encoder_file, shard_dir, tmp_path):
@@ -72,6 +75,7 @@ def test_offline_bc_sweep_writes_records_and_skips_finished_ones(encoder_file, s
         assert raw["episodes"] == 2 and raw["gradient_steps"] == 5 and raw["env_steps"] == 0
         assert raw["score"] == pytest.approx(np.mean(raw["episode_scores"]))
         assert raw["config"]["eval"]["env"]["horizon"] == 150  # the eval. override reached the rollouts
+        assert raw["config"]["pretrain_data"] == DATA  # from the encoder's JSON
     first = {p: p.read_bytes() for p in results.rglob("seed*.json")}
 
     proc = run_cli(*args, cwd=tmp_path)  # everything finished: nothing is recomputed or rewritten
@@ -102,6 +106,7 @@ def test_rainbow_through_the_command_line(rainbow_run):
     assert record.env_steps == 240 and record.episodes == 2 and record.encoder_sha256 == ""
     assert record.gradient_steps == 240 - 120 + 1  # QUICK_RAINBOW: one update a step from the 120th
     assert record.config["protocol"]["train"]["env_steps"] == 240
+    assert record.config["pretrain_data"] is None  # a baseline: no pre-training
     agent_file = rainbow_run / "random" / "rainbow" / "surround" / "agents" / "seed0.safetensors"
     agent, game = load_agent(agent_file)
     assert game.name == "surround" and agent.num_actions == 5

@@ -311,6 +311,8 @@ def test_import_compiled_and_ddp_checkpoints(source, batch, tmp_path, prefix, ob
         "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
         "neck": "imported",
         "released_neck": "mh_spatial_mlp",
+        # what the released code pre-trained on: DQN-Replay's 50 ID games x 2 runs x 10 checkpoints x 10k
+        "pretrain_data": {"source": "dqn_replay", "games": 50, "transitions": 10_000_000, "shards": 1000},
         "epoch": 99,
         "step": 12345,
     }

@@ -286,3 +286,22 @@ def test_ingest_from_dataset_file_with_workers(small_tree, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert [e["length"] for e in json.loads((dst / "manifest.json").read_text())["shards"]] == [300, 300]
     assert sorted(os.listdir(dst / "pong")) == ["run1_ckpt0.h5", "run1_ckpt1.h5"]
+
+
+def test_manifest_records_where_each_shard_came_from(shard_dir, small_tree, tmp_path):
+    """A collected run (collect.json beside replay_logs/) gives origin collect; the same layout without it
+    is downloaded DQN-Replay. The leaderboard shows what encoders were pre-trained on from this."""
+    from atari_pb.data.collect import RECORD_NAME
+    from atari_pb.data.ingest import ingest
+    from atari_pb.data.manifest import read_manifest
+    from atari_pb.data.shard import COLLECT_RECORD
+    from atari_pb.games import resolve_games
+
+    assert COLLECT_RECORD == RECORD_NAME  # shard.py names collect.py's record without importing it
+    # the session's tree was collected
+    assert {e.origin for e in read_manifest(shard_dir).values()} == {"collect"}
+    (small_tree / "Pong" / "1" / RECORD_NAME).unlink()
+    dst = tmp_path / "shards"
+    report = ingest(small_tree, dst, resolve_games(["pong"]), [1], [0], 200)
+    assert not report.errors
+    assert [e.origin for e in read_manifest(dst).values()] == ["dqn_replay"]

@@ -101,6 +101,7 @@ def test_shards_hold_the_released_prefix(released, shards):
         replay_name = get_game(game).replay_name
         assert (entry["run"], entry["ckpt"], entry["length"]) == (RUN, CKPT, SAMPLES)
         assert entry["source"] == f"atari_pb_far_ood:{replay_name}/observation_{RUN}_{CKPT}.gz"
+        assert entry["origin"] == "atari_pb_far_ood"  # the leaderboard's pre-training data (provenance.py)
         with h5py.File(shards / entry["path"]) as f:
             for field in FIELDS:
                 np.testing.assert_array_equal(f[field][:], written[game][field][:SAMPLES])

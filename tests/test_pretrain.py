@@ -20,7 +20,7 @@ from atari_pb.errors import DataError, UsageError
 from atari_pb.games import resolve_games
 from atari_pb.models.backbone import Backbone
 from atari_pb.models.encoder import Encoder, ModelConfig, export_encoder, load_encoder
-from atari_pb.pretrain.checkpoint import load_checkpoint
+from atari_pb.pretrain.checkpoint import load_checkpoint, save_checkpoint
 
 from .test_ingest import atari_pb
 
@@ -147,6 +147,17 @@ def test_export_and_load_encoder(shard_dir, tmp_path):
         assert torch.equal(enc(obs, game), reference.eval()(obs, game))
         assert torch.equal(load_encoder(run / "encoder.safetensors")(obs), enc(obs))
     assert json.loads(out.with_suffix(".json").read_text())["model"]["preset"] == "tiny"
+    # the data it was pre-trained on, in both encoders' JSON: the session's collected tree, 2 games x 2 runs
+    # x 2 checkpoints x 1000 transitions (conftest.py)
+    data = {"source": "collect", "games": 2, "transitions": 8000, "shards": 8}
+    for path in (out, run / "encoder.safetensors"):
+        assert json.loads(path.with_suffix(".json").read_text())["metadata"]["pretrain_data"] == data
+    saved = load_checkpoint(run / "checkpoint.pt")
+    del saved["pretrain_data"]  # a checkpoint written before runs recorded their data
+    save_checkpoint(run / "checkpoint.pt", saved)
+    old = tmp_path / "old.safetensors"
+    assert atari_pb("export-encoder", run, "--out", old).returncode == 0
+    assert json.loads(old.with_suffix(".json").read_text())["metadata"]["pretrain_data"] is None  # unknown
 
 
 def test_broken_encoder_files_are_named(tmp_path):

@@ -1,4 +1,13 @@
-"""Download DQN-Replay checkpoints over HTTP(S), whole or as a prefix of each observation file.
+"""Download DQN-Replay checkpoints over HTTP(S), whole or as a prefix of each observation file; or the same
+runs from RL Unplugged Atari (`source="rlu"`, rlu.py), prefix-only too.
+
+RL Unplugged (since 2025 the public DQN-Replay bucket answers 403 to the public): one GZIP TFRecord file per
+checkpoint, `<base>/<Game>/run_<r>-<ckpt:05d>-of-<N:05d>`, mirrored as such into `dest`. N is discovered
+per run with HEAD requests (TFDS's 50 and 49 first). The prefix ends after the record (episode) that
+completes `samples_per_ckpt` transitions, every record's CRC32C checked on the way; the decision is made on
+aligned 64 KiB blocks of the file, so the kept prefix is the same bytes however the download was split.
+The checkpoint fallback below applies unchanged: RLU has shards 0-49 (0-48 for a few games), so a requested
+checkpoint 50 becomes 49, or 48, and `download.json` says so. `<dest>/rlu.json` records the base URL.
 
 DQN-Replay is a public bucket laid out exactly as on disk (see replay_format.py), so the download mirrors
 it into `dest`. An observation file holds 1M frames (7 GB once decompressed); when only the first
@@ -51,6 +60,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from atari_pb.data import rlu
 from atari_pb.data.replay_format import (
     ALL_FIELDS,
     FRAME_BYTES,
@@ -61,12 +71,16 @@ from atari_pb.data.replay_format import (
     replay_file,
     run_dir,
 )
+from atari_pb.data.rlu import RLU_LAYOUT, EpisodeCounter
+from atari_pb.data.tfrecord import RecordStream
 from atari_pb.errors import DataError, UsageError
 from atari_pb.games import Game
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://storage.googleapis.com/atari-replay-datasets/dqn"
+SOURCES = ("dqn_replay", RLU_LAYOUT)  # what `download --source` fetches
+_REPLAY_HINT = "is the game in DQN-Replay?"
 RUNS = range(1, 6)  # DQN-Replay logged runs 1-5 of each game ...
 CKPTS = range(0, 51)  # ... each with checkpoints 0-50
 # The released rule (scripts/download_offline_bc_dataset.sh, lines 10-21): a missing checkpoint 50 is
@@ -103,34 +117,50 @@ def download(
     ckpts: Sequence[int],
     *,
     samples_per_ckpt: int | None,
-    base_url: str = DEFAULT_BASE_URL,
+    base_url: str | None = None,
     retries: int = 5,
     timeout: float = 60.0,
     backoff: float = 1.0,
     progress: bool = True,
     fallback: bool = True,
+    source: str = "dqn_replay",
+    skip_missing_games: bool = False,
 ) -> DownloadReport:
-    """Mirror every (game, run, checkpoint) of DQN-Replay into `dest`, skipping files already complete.
+    """Mirror every (game, run, checkpoint) of DQN-Replay (`source="dqn_replay"`) or of its RL Unplugged copy
+    (`source="rlu"`, see rlu.py) into `dest`, skipping files already complete.
 
-    With `samples_per_ckpt`, observation files stop after that many frames; the other files are small and
-    always fetched whole. With `fallback`, a checkpoint 50 missing on the server is replaced by 49, then
-    48, as the released script does (see the module docstring); without it, a missing file is an error.
+    With `samples_per_ckpt`, observation files (RLU: checkpoint files) stop after that many transitions;
+    DQN-Replay's other files are small and always fetched whole. With `fallback`, a checkpoint 50 missing on
+    the server is replaced by 49, then 48, as the released script does (see the module docstring); without
+    it, a missing file is an error. RLU games that RL Unplugged lacks stop the request before anything is
+    written, unless `skip_missing_games`.
     """
     dest = Path(dest)
+    if source not in SOURCES:
+        raise UsageError(f"source {source!r}; valid sources: {', '.join(SOURCES)}")
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"{dest} is a file; download needs a directory")
     _check_ids("runs", runs, RUNS)
     _check_ids("ckpts", ckpts, CKPTS)
     if samples_per_ckpt is not None and samples_per_ckpt < 1:
         raise UsageError(f"samples_per_ckpt={samples_per_ckpt}: must be at least 1 (or None for whole files)")
+    if source == RLU_LAYOUT:
+        games = rlu.check_coverage(games, skip_missing_games)
+    base_url = base_url or (rlu.DEFAULT_RLU_URL if source == RLU_LAYOUT else DEFAULT_BASE_URL)
     report = DownloadReport()
     with tqdm(unit="B", unit_scale=True, unit_divisor=1024, disable=None if progress else True) as bar:
         fetcher = _Fetcher(retries, timeout, backoff, report, bar)
+        if source == RLU_LAYOUT:
+            rlu.write_source_record(dest, base_url)
         for game in games:
             for run in runs:
+                if source == RLU_LAYOUT:
+                    site = _RluRun(fetcher, dest, base_url, game, run)
+                else:
+                    site = _ReplayRun(fetcher, dest, base_url, game, run)
                 for ckpt in ckpts:
-                    used = _resolve_ckpt(fetcher, dest, base_url, game, run, ckpt, ckpts, fallback)
-                    _fetch_ckpt(fetcher, dest, base_url, game.replay_name, run, used, samples_per_ckpt)
+                    used = _resolve_ckpt(site, ckpt, ckpts, fallback)
+                    site.fetch(used, samples_per_ckpt)
                     if ckpt in FALLBACK_CKPTS:  # the files are complete: ingest may now follow the record
                         _record_used_ckpt(dest, game.replay_name, run, ckpt, used)
                     if used != ckpt:
@@ -142,6 +172,88 @@ def download(
         report.bytes_received,
     )
     return report
+
+
+class _ReplayRun:
+    """One (game, run) of DQN-Replay: <base>/<Game>/<run>/replay_logs/<file>, six files a checkpoint."""
+
+    def __init__(self, fetcher: _Fetcher, dest: Path, base_url: str, game: Game, run: int):
+        self.fetcher, self.dest, self.base_url, self.game, self.run = fetcher, dest, base_url, game, run
+        self.where = f"{base_url.rstrip('/')}/{game.replay_name}/{run}/replay_logs"
+
+    def fetch(self, ckpt: int, samples_per_ckpt: int | None) -> None:
+        _fetch_ckpt(
+            self.fetcher, self.dest, self.base_url, self.game.replay_name, self.run, ckpt, samples_per_ckpt
+        )
+
+    def have_local(self, ckpt: int) -> bool:
+        return all(
+            replay_file(self.dest, self.game.replay_name, self.run, fld, ckpt).exists() for fld in ALL_FIELDS
+        )
+
+    def first_missing(self, ckpt: int) -> str | None:
+        """The first file of the checkpoint that the server does not have (HTTP 404), observation first."""
+        name = self.game.replay_name
+        for fld in ALL_FIELDS:
+            if not self.fetcher.exists(replay_url(self.base_url, name, self.run, fld, ckpt)):
+                return file_name(fld, ckpt)
+        return None
+
+
+class _RluRun:
+    """One (game, run) of RL Unplugged: <base>/<Game>/run_<r>-<ckpt>-of-<N>, one file a checkpoint; N is
+    asked of the server (HEAD requests) the first time it is needed."""
+
+    def __init__(self, fetcher: _Fetcher, dest: Path, base_url: str, game: Game, run: int):
+        self.fetcher, self.dest, self.base_url, self.game, self.run = fetcher, dest, base_url, game, run
+        self.where = f"{base_url.rstrip('/')}/{game.replay_name}/run_{run}-*"
+        self._count: int | None = None
+
+    @property
+    def count(self) -> int:
+        """The run's number of shards, discovered: TFDS's counts first, then any other up to the maximum."""
+        if self._count is None:
+            others = [n for n in range(rlu.MAX_SHARD_COUNT, 0, -1) if n not in rlu.KNOWN_SHARD_COUNTS]
+            for n in (*rlu.KNOWN_SHARD_COUNTS, *others):
+                if self.fetcher.exists(rlu.rlu_url(self.base_url, self.game, self.run, 0, n)):
+                    self._count = n
+                    break
+            else:
+                raise UsageError(
+                    f"{rlu.rlu_url(self.base_url, self.game, self.run, 0, rlu.KNOWN_SHARD_COUNTS[0])}: not found "
+                    f"(HTTP 404), nor with any other shard count up to {rlu.MAX_SHARD_COUNT}; "
+                    f"does the server have {self.game.replay_name} run {self.run}?"
+                )
+            log.info("%s run %d: %d shards on the server", self.game.replay_name, self.run, self._count)
+        return self._count
+
+    def local(self, ckpt: int) -> Path:
+        found = rlu.local_shard(self.dest, self.game, self.run, ckpt)
+        return found or self.dest / self.game.replay_name / rlu.shard_name(self.run, ckpt, self.count)
+
+    def have_local(self, ckpt: int) -> bool:
+        return rlu.local_shard(self.dest, self.game, self.run, ckpt) is not None
+
+    def first_missing(self, ckpt: int) -> str | None:
+        if ckpt >= self.count:
+            return f"{rlu.shard_name(self.run, ckpt, self.count)} (the run has shards 0-{self.count - 1})"
+        url = rlu.rlu_url(self.base_url, self.game, self.run, ckpt, self.count)
+        return None if self.fetcher.exists(url) else rlu.shard_name(self.run, ckpt, self.count)
+
+    def fetch(self, ckpt: int, samples_per_ckpt: int | None) -> None:
+        path = self.local(ckpt)
+        count = int(path.name.rsplit("-", 1)[1])
+        url = rlu.rlu_url(self.base_url, self.game, self.run, ckpt, count)
+        self.fetcher.bar.set_description(f"{self.game.replay_name} {path.name}")
+        hint = f"RL Unplugged names {self.game.replay_name} run {self.run}'s files {self.where}"
+        if samples_per_ckpt is None:
+            fetched = self.fetcher.whole(url, path, hint, whole=_is_whole_tfrecord)
+        else:
+            fetched = self.fetcher.prefix(url, path, rlu.EpisodeCounter(samples_per_ckpt), hint)
+        if fetched:
+            self.fetcher.report.files_fetched += 1
+        else:
+            self.fetcher.report.files_skipped += 1
 
 
 def _fetch_ckpt(
@@ -159,46 +271,37 @@ def _fetch_ckpt(
         path = replay_file(dest, replay_name, run, fld, ckpt)
         url = replay_url(base_url, replay_name, run, fld, ckpt)
         if fld == "observation" and samples_per_ckpt is not None:
-            fetched = fetcher.prefix(url, path, samples_per_ckpt)
+            fetched = fetcher.prefix(url, path, _FrameCounter(samples_per_ckpt), _REPLAY_HINT)
         else:
-            fetched = fetcher.whole(url, path)
+            fetched = fetcher.whole(url, path, _REPLAY_HINT)
         if fetched:
             fetcher.report.files_fetched += 1
         else:
             fetcher.report.files_skipped += 1
 
 
-def _resolve_ckpt(
-    fetcher: _Fetcher,
-    dest: Path,
-    base_url: str,
-    game: Game,
-    run: int,
-    ckpt: int,
-    ckpts: Sequence[int],
-    fallback: bool,
-) -> int:
+def _resolve_ckpt(site: _ReplayRun | _RluRun, ckpt: int, ckpts: Sequence[int], fallback: bool) -> int:
     """The checkpoint whose files stand for `ckpt`: itself, or under the fallback rule the first of
     `FALLBACK_CKPTS[ckpt]` whose files are all on the server. Writes nothing."""
     if not fallback or ckpt not in FALLBACK_CKPTS:
         return ckpt
-    name = game.replay_name
-    used = read_used_ckpts(dest, name, run).get(ckpt)
-    if used is None and all(replay_file(dest, name, run, fld, ckpt).exists() for fld in ALL_FIELDS):
+    name, run = site.game.replay_name, site.run
+    used = read_used_ckpts(site.dest, name, run).get(ckpt)
+    if used is None and site.have_local(ckpt):
         used = ckpt  # downloaded before, without a record
     if used is None:
         missing = []
         for candidate in (ckpt, *FALLBACK_CKPTS[ckpt]):
-            absent = _first_missing(fetcher, base_url, name, run, candidate)
+            absent = site.first_missing(candidate)
             if absent is None:
                 used = candidate
                 break
-            missing.append(file_name(absent, candidate))
+            missing.append(absent)
         else:
             tried = ", ".join(map(str, (ckpt, *FALLBACK_CKPTS[ckpt])))
             raise UsageError(
-                f"{name} run {run}: checkpoints {tried} are all missing at {base_url.rstrip('/')}/{name}/{run}/"
-                f"replay_logs (HTTP 404 for {', '.join(missing)}); pass other runs or checkpoints"
+                f"{name} run {run}: checkpoints {tried} are all missing at {site.where} "
+                f"(HTTP 404 for {', '.join(missing)}); pass other runs or checkpoints"
             )
     if used != ckpt:
         if used in ckpts:
@@ -210,14 +313,6 @@ def _resolve_ckpt(
             "%s run %d: checkpoint %d is missing on the server; using checkpoint %d", name, run, ckpt, used
         )
     return used
-
-
-def _first_missing(fetcher: _Fetcher, base_url: str, replay_name: str, run: int, ckpt: int) -> str | None:
-    """The first file of the checkpoint that the server does not have (HTTP 404), observation first."""
-    for fld in ALL_FIELDS:
-        if not fetcher.exists(replay_url(base_url, replay_name, run, fld, ckpt)):
-            return fld
-    return None
 
 
 def _record_path(root: Path, replay_name: str, run: int) -> Path:
@@ -246,6 +341,7 @@ def _record_used_ckpt(root: Path, replay_name: str, run: int, ckpt: int, used: i
     if record.get(ckpt) == used:
         return
     record[ckpt] = used
+    path.parent.mkdir(parents=True, exist_ok=True)  # RLU trees have no <run>/ of their own
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     doc = {"used_ckpt": {str(k): record[k] for k in sorted(record)}}
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
@@ -273,39 +369,46 @@ class _Fetcher:
         self.report = report
         self.bar = bar
 
-    def whole(self, url: str, path: Path) -> bool:
-        """Fetch the whole file unless `path` already holds it; False when there was nothing to do."""
-        if path.exists() and _is_whole_gzip(path):
+    def whole(self, url: str, path: Path, hint: str, whole=None) -> bool:
+        """Fetch the whole file unless `path` already holds it (`whole(path)`, by default a whole .npy.gz);
+        False when there was nothing to do."""
+        if path.exists() and (whole or _is_whole_gzip)(path):
             return False
         part = _part_path(path)
         if path.exists():
             os.replace(path, part)  # a prefix from an earlier prefix download: continue it
-        self._append(url, part, None)
+        self._append(url, part, None, hint)
         os.replace(part, path)
         return True
 
-    def prefix(self, url: str, path: Path, frames: int) -> bool:
-        """Fetch the observation file until its first `frames` frames are in, unless `path` has them."""
+    def prefix(self, url: str, path: Path, counter: _FrameCounter | EpisodeCounter, hint: str) -> bool:
+        """Fetch the file until `counter` has its transitions, unless `path` already has them."""
         part = _part_path(path)
-        counter = _FrameCounter(frames)
         if path.exists():
-            _feed_file(counter, path)
+            _feed_file(counter, path, at_end=True)
             if counter.done:
                 return False
-            log.info("%s: has %d frames, %d asked for; fetching more", path, counter.frames_in, frames)
+            log.info(
+                "%s: has %d transitions, %d asked for; fetching more",
+                path,
+                counter.frames_in,
+                counter.samples,
+            )
             os.replace(path, part)  # grow it like an unfinished download
         elif part.exists():
-            _feed_file(counter, part)
+            _feed_file(counter, part, at_end=False)
         if not counter.done:
-            self._append(url, part, counter)
+            self._append(url, part, counter, hint)
         if not counter.done:
-            raise DataError(f"{url}: the file ends after {counter.frames_in} frames, {frames} were asked for")
+            raise DataError(counter.shortfall(url))
         os.replace(part, path)
         return True
 
-    def _append(self, url: str, part: Path, counter: _FrameCounter | None) -> None:
-        """Append the rest of `url` to `part` (with a counter: until it has its frames), retrying."""
-        self._retrying(url, lambda: self._get(url, part, counter))
+    def _append(
+        self, url: str, part: Path, counter: _FrameCounter | EpisodeCounter | None, hint: str
+    ) -> None:
+        """Append the rest of `url` to `part` (with a counter: until it has its transitions), retrying."""
+        self._retrying(url, lambda: self._get(url, part, counter, hint))
 
     def exists(self, url: str) -> bool:
         """Whether the server has `url` (a HEAD request): False only for an HTTP 404, retried otherwise."""
@@ -338,9 +441,9 @@ class _Fetcher:
                 return False
             if err.code >= 500:
                 raise  # the server's trouble, likely passing: retried
-            raise DataError(f"{url}: HTTP {err.code} {err.reason}") from None
+            raise DataError(f"{url}: HTTP {err.code} {err.reason}{_refused_hint(url, err.code)}") from None
 
-    def _get(self, url: str, part: Path, counter: _FrameCounter | None) -> None:
+    def _get(self, url: str, part: Path, counter: _FrameCounter | EpisodeCounter | None, hint: str) -> None:
         """One GET from the end of `part`; raises a _RETRYABLE error when the body stops short."""
         offset = part.stat().st_size if part.exists() else 0
         request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
@@ -349,18 +452,18 @@ class _Fetcher:
         except urllib.error.HTTPError as err:
             err.close()
             if err.code == 404:
-                raise UsageError(f"{url}: not found (HTTP 404); is the game in DQN-Replay?") from None
+                raise UsageError(f"{url}: not found (HTTP 404); {hint}") from None
             if err.code == 416:  # Range starts at or past the end of the file
                 size = _unsatisfied_range_size(err.headers.get("Content-Range"))
                 if size == offset:
                     return  # the .part already holds the whole file
                 log.info("%s: %s does not match the server's file (%s bytes); starting over", url, part, size)
                 _start_over(part, counter)
-                self._get(url, part, counter)
+                self._get(url, part, counter, hint)
                 return
             if err.code >= 500:
                 raise  # the server's trouble, likely passing: retried
-            raise DataError(f"{url}: HTTP {err.code} {err.reason}") from None
+            raise DataError(f"{url}: HTTP {err.code} {err.reason}{_refused_hint(url, err.code)}") from None
         with response:
             if response.status == 206:
                 start, size = _content_range(url, response.headers.get("Content-Range"))
@@ -380,22 +483,29 @@ class _Fetcher:
                     chunk = response.read1(_CHUNK)
                     if not chunk:
                         break
-                    f.write(chunk)
                     self.report.bytes_received += len(chunk)
                     self.bar.update(len(chunk))
-                    if counter is not None:
-                        counter.feed(chunk, url)
+                    keep = len(chunk) if counter is None else counter.feed(chunk, url)
+                    f.write(chunk[:keep])
         have = part.stat().st_size
         if (counter is None or not counter.done) and size is not None and have < size:
             raise ConnectionError(f"connection closed at byte {have} of {size}")
+        if counter is not None and not counter.done:
+            counter.finish(url)  # the whole file is in: decide on its last bytes
 
 
 class _FrameCounter:
     """Decompresses an observation .npy.gz fed in pieces and counts its frames, keeping none of them."""
 
     def __init__(self, frames: int):
-        self.frames = frames
+        self.frames = self.samples = frames
         self.reset()
+
+    def finish(self, source: str) -> None:
+        """Nothing is held back: every byte fed has been decided on."""
+
+    def shortfall(self, url: str) -> str:
+        return f"{url}: the file ends after {self.frames_in} frames, {self.frames} were asked for"
 
     def reset(self) -> None:
         self._inflate = zlib.decompressobj(wbits=31)
@@ -415,8 +525,13 @@ class _FrameCounter:
     def frames_in(self) -> int:
         return 0 if self.header_len is None else (self.out_bytes - self.header_len) // FRAME_BYTES
 
-    def feed(self, data: bytes, source: str) -> None:
-        """Decompress `data` (from `source`, named in errors) until the frames are in or it runs out."""
+    def feed(self, data: bytes, source: str) -> int:
+        """Decompress `data` (from `source`, named in errors) until the frames are in or it runs out; all
+        of `data` is kept (the file's end is not cut to a frame)."""
+        self._feed(data, source)
+        return len(data)
+
+    def _feed(self, data: bytes, source: str) -> None:
         while not self.done:
             if self._inflate.eof:  # another gzip member follows
                 self._inflate = zlib.decompressobj(wbits=31)
@@ -462,10 +577,23 @@ class _FrameCounter:
         self._head = b""
 
 
-def _feed_file(counter: _FrameCounter, path: Path) -> None:
+def _feed_file(counter: _FrameCounter | EpisodeCounter, path: Path, at_end: bool) -> None:
+    """Feed a local file (or .part) to `counter`; `at_end`: the file is all there is of it."""
     with open(path, "rb") as f:
         while not counter.done and (chunk := f.read(_CHUNK)):
             counter.feed(chunk, str(path))
+    if at_end and not counter.done:
+        counter.finish(str(path))
+
+
+def _is_whole_tfrecord(path: Path) -> bool:
+    """Whether a local RLU file holds its whole GZIP stream (read to its end, every record checked)."""
+    stream = RecordStream(str(path))
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            for _ in stream.feed(chunk):
+                pass
+    return stream.gzip_ended and stream.at_record_boundary
 
 
 def _is_whole_gzip(path: Path) -> bool:
@@ -486,7 +614,7 @@ def _part_path(path: Path) -> Path:
     return path.with_name(path.name + ".part")
 
 
-def _start_over(part: Path, counter: _FrameCounter | None) -> None:
+def _start_over(part: Path, counter: _FrameCounter | EpisodeCounter | None) -> None:
     part.unlink(missing_ok=True)
     if counter is not None:
         counter.reset()
@@ -504,6 +632,16 @@ def _unsatisfied_range_size(value: str | None) -> int | None:
     """File size from a 416 answer's `Content-Range: bytes */<size>`, if the server sent one."""
     match = re.fullmatch(r"bytes \*/(\d+)", value or "")
     return int(match[1]) if match else None
+
+
+def _refused_hint(url: str, code: int) -> str:
+    """The public DQN-Replay bucket refuses the public (403/401 since 2025): point at its RL Unplugged copy."""
+    if code in (401, 403) and url.startswith(DEFAULT_BASE_URL):
+        return (
+            "; the public DQN-Replay bucket refuses access since 2025: fetch the same runs from RL Unplugged "
+            "with --source rlu (e.g. make download DATASET=rlu_pretrain)"
+        )
+    return ""
 
 
 def _describe(err: BaseException) -> str:

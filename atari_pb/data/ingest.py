@@ -68,6 +68,8 @@ from atari_pb.data.replay_format import (
     replay_file,
     run_dir,
 )
+from atari_pb.data.rlu import RLU_LAYOUT, check_coverage
+from atari_pb.data.rlu_shard import RluShardJob, build_rlu_shard, check_rlu_source, rlu_jobs
 from atari_pb.data.shard import (
     SCALAR_FIELDS,
     SHARD_SCHEMA_VERSION,
@@ -104,19 +106,14 @@ def plan_ingest(
     samples: int,
     full_check: bool = False,
     layout: str = "dqn_replay",
+    skip_missing_games: bool = False,
 ) -> list[ShardJob]:
-    """Check the request against what `src` holds; one job per (game, run, checkpoint)."""
+    """Check the request against what `src` holds; one job per (game, run, checkpoint). RL Unplugged
+    (`layout="rlu"`) lacks some games: asking for them is an error unless `skip_missing_games`."""
     src, dst = Path(src), Path(dst)
-    if layout not in LAYOUTS:
-        raise UsageError(f"layout {layout!r}; valid layouts: {', '.join(LAYOUTS)}")
-    if not src.is_dir():
-        raise UsageError(f"source {src} is not a directory")
-    if dst.exists() and not dst.is_dir():
-        raise UsageError(f"destination {dst} is a file; ingest needs a directory")
-    if samples < 1:
-        raise UsageError(f"samples_per_ckpt={samples}: must be >= 1")
-    if not games or not runs or not ckpts:
-        raise UsageError("ingest needs at least one game, one run and one checkpoint")
+    _check_request(src, dst, samples, games, runs, ckpts, layout)
+    if layout == RLU_LAYOUT:
+        games = check_coverage(games, skip_missing_games)
     known = {g.replay_name for g in all_games()}
     jobs = []
     for game in games:
@@ -127,29 +124,64 @@ def plan_ingest(
             )
         if layout == RELEASED_LAYOUT:
             jobs += _released_jobs(src, dst, game, runs, ckpts, samples, full_check)
-            continue
-        if _available(src / game.replay_name, "observation_*_*.gz"):
-            raise UsageError(
-                f"{src / game.replay_name} holds released Far-OOD files (observation_<run>_<ckpt>.gz), "
-                f"not DQN-Replay's <run>/replay_logs/; ingest it with --layout {RELEASED_LAYOUT}"
-            )
-        for run in runs:
-            logs = run_dir(src, game.replay_name, run)
-            if not logs.is_dir():
-                present = [
-                    n
-                    for n in _available(src / game.replay_name, "*")
-                    if (src / game.replay_name / n).is_dir()
-                ]
-                raise UsageError(
-                    f"{logs} does not exist; runs of {game.replay_name}: {', '.join(present) or 'none'}"
-                )
-            jobs += _run_jobs(src, dst, game, run, ckpts, samples, full_check)
+        elif layout == RLU_LAYOUT:
+            minimal = num_actions(game, "minimal")
+            jobs += rlu_jobs(src, dst, game, runs, ckpts, samples, full_check, minimal)
+        else:
+            jobs += _replay_jobs(src, dst, game, runs, ckpts, samples, full_check)
     for job in tqdm(jobs, unit="checkpoint", desc="check sources", disable=None, leave=False):
         if isinstance(job, ReleasedShardJob):
             check_released_sources(job)
+        elif isinstance(job, RluShardJob):
+            check_rlu_source(job)
         else:
             check_sources(job)
+    return jobs
+
+
+def _check_request(src: Path, dst: Path, samples: int, games, runs, ckpts, layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise UsageError(f"layout {layout!r}; valid layouts: {', '.join(LAYOUTS)}")
+    if not src.is_dir():
+        raise UsageError(f"source {src} is not a directory")
+    if dst.exists() and not dst.is_dir():
+        raise UsageError(f"destination {dst} is a file; ingest needs a directory")
+    if samples < 1:
+        raise UsageError(f"samples_per_ckpt={samples}: must be >= 1")
+    if not games or not runs or not ckpts:
+        raise UsageError("ingest needs at least one game, one run and one checkpoint")
+
+
+def _replay_jobs(
+    src: Path,
+    dst: Path,
+    game: Game,
+    runs: Sequence[int],
+    ckpts: Sequence[int],
+    samples: int,
+    full_check: bool,
+) -> list[ShardJob]:
+    """The jobs of one game of a DQN-Replay tree, after checking that the tree is one."""
+    folder = src / game.replay_name
+    if _available(folder, "run_*-*-of-*"):
+        raise UsageError(
+            f"{folder} holds RL Unplugged files (run_<r>-<ckpt>-of-<N>), not DQN-Replay's "
+            f"<run>/replay_logs/; ingest it with --layout {RLU_LAYOUT}"
+        )
+    if _available(folder, "observation_*_*.gz"):
+        raise UsageError(
+            f"{folder} holds released Far-OOD files (observation_<run>_<ckpt>.gz), "
+            f"not DQN-Replay's <run>/replay_logs/; ingest it with --layout {RELEASED_LAYOUT}"
+        )
+    jobs = []
+    for run in runs:
+        logs = run_dir(src, game.replay_name, run)
+        if not logs.is_dir():
+            present = [n for n in _available(folder, "*") if (folder / n).is_dir()]
+            raise UsageError(
+                f"{logs} does not exist; runs of {game.replay_name}: {', '.join(present) or 'none'}"
+            )
+        jobs += _run_jobs(src, dst, game, run, ckpts, samples, full_check)
     return jobs
 
 
@@ -262,7 +294,9 @@ def build_released_shard(job: ReleasedShardJob) -> ShardEntry:
     attrs = _released_attrs(job, header.shape[0])
     digest, size = write_shard(final, n, scalars, invalid, reader, header, job.full_check, attrs)
     source = f"{RELEASED_LAYOUT}:{job.relative('observation')}"
-    return ShardEntry(job.relpath, job.game, job.run, job.ckpt, n, digest, size, source)
+    return ShardEntry(
+        job.relpath, job.game, job.run, job.ckpt, n, digest, size, source, origin=RELEASED_LAYOUT
+    )
 
 
 def _released_attrs(job: ReleasedShardJob, length: int) -> dict:
@@ -282,6 +316,8 @@ def _released_attrs(job: ReleasedShardJob, length: int) -> dict:
 
 def build_job(job: ShardJob) -> ShardEntry:
     """Build one shard of either layout (what the worker processes run)."""
+    if isinstance(job, RluShardJob):
+        return build_rlu_shard(job)
     return build_released_shard(job) if isinstance(job, ReleasedShardJob) else build_shard(job)
 
 
@@ -362,8 +398,9 @@ def ingest(
     workers: int = 1,
     full_check: bool = False,
     layout: str = "dqn_replay",
+    skip_missing_games: bool = False,
 ) -> IngestReport:
-    jobs = plan_ingest(src, dst, games, runs, ckpts, samples, full_check, layout)
+    jobs = plan_ingest(src, dst, games, runs, ckpts, samples, full_check, layout, skip_missing_games)
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     entries = read_manifest(dst)

@@ -28,6 +28,12 @@ class ShardEntry:
     sha256: str
     bytes: int
     source: str  # the observation file it came from, relative to the source root
+    # the data it holds: dqn_replay | collect | atari_pb_far_ood | rlu (provenance.py); "" in manifests
+    # written before shards recorded it, which still load
+    origin: str = ""
+    # what a source without a file per field says about the shard (RL Unplugged: URL, checkpoint used,
+    # episodes, bytes read); None where the source files say it all
+    details: dict | None = None
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -73,10 +79,17 @@ def read_manifest(root: Path) -> dict[tuple[str, int, int], ShardEntry]:
     return {e.key: e for e in entries}
 
 
+def _entry_doc(entry: ShardEntry) -> dict:
+    doc = asdict(entry)
+    if doc["details"] is None:  # most sources have none: their manifests stay as they were
+        del doc["details"]
+    return doc
+
+
 def write_manifest(root: Path, entries: dict[tuple[str, int, int], ShardEntry]) -> None:
     """Rewrite the manifest atomically: a reader sees the old one or the new one, never half of one."""
     root = Path(root)
-    doc = {"schema_version": SCHEMA_VERSION, "shards": [asdict(entries[k]) for k in sorted(entries)]}
+    doc = {"schema_version": SCHEMA_VERSION, "shards": [_entry_doc(entries[k]) for k in sorted(entries)]}
     tmp = root / f".{MANIFEST_NAME}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=1)

@@ -39,7 +39,8 @@ _READ_CHUNK = 1 << 20  # compressed bytes fed to zlib at a time
 #                     (src/agents/buffers/per_buffer.py:224-246): <root>/<Game>/<field>_<run>_<ckpt>.gz, with
 #                     <Game> the CamelCase name (src/agents/base.py:224-225; read back the same way by
 #                     src/common/dataset_utils.py:161,172). No add_count, no invalid_range.
-LAYOUTS = ("dqn_replay", "atari_pb_far_ood")
+#   rlu               RL Unplugged Atari (rlu.py): <root>/<Game>/run_<r>-<ckpt:05d>-of-<N:05d>, GZIP TFRecord
+LAYOUTS = ("dqn_replay", "atari_pb_far_ood", "rlu")
 RELEASED_LAYOUT = "atari_pb_far_ood"
 # The released buffers are np.zeros(size) (float64) for action, reward and done (per_buffer.py:98-100) and
 # uint8 frame stacks whose last frame is saved (per_buffer.py:97, 235): observation (N, 84, 84) uint8, the

@@ -29,12 +29,16 @@ from atari_pb.data.replay_format import (
     read_store_prefix,
     relative_replay_file,
     replay_file,
+    run_dir,
 )
 from atari_pb.errors import DataError
 
 SHARD_SCHEMA_VERSION = 1
 SCALAR_FIELDS = ("action", "reward", "terminal")
 _OBS_BLOCK = 2048  # frames decompressed and written at a time: bounds memory to ~14 MB per worker
+# collect.py's RECORD_NAME, which `atari-pb collect` leaves beside a run's replay_logs/; not imported, as
+# collect.py pulls in the environment and torch
+COLLECT_RECORD = "collect.json"
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,15 @@ def build_shard(job: ShardJob) -> ShardEntry:
         sha256=digest,
         bytes=size,
         source=relative_replay_file(job.replay_name, job.run, "observation", job.ckpt),
+        origin=replay_origin(src, job.replay_name, job.run),
     )
+
+
+def replay_origin(src_root: Path, replay_name: str, run: int) -> str:
+    """'collect' for a run `atari-pb collect` played locally (its record beside replay_logs/), else
+    'dqn_replay': the same layout, downloaded."""
+    collected = (run_dir(src_root, replay_name, run).parent / COLLECT_RECORD).is_file()
+    return "collect" if collected else "dqn_replay"
 
 
 def write_shard(

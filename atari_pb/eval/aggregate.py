@@ -12,6 +12,10 @@ A protocol with a score scale of its own (`Protocol.score_scale`, e.g. the probe
 scale, raw, whatever normalization is asked for (its rows say the scale in `normalization`; the optimality
 gap is then the shortfall from 1 on that scale: F1 = 1); a protocol declaring sub-scores
 (`Protocol.score_parts`, e.g. the probe's categories) gets their means in its rows' `parts`.
+
+Each row says which data its method's encoder was pre-trained on (`pretrain_data`, a label of the records'
+config.pretrain_data: atari_pb/data/provenance.py): "none" for a baseline, "unknown" for an encoder that
+does not record it. The records of one row must agree; those that do not are an error, never pooled.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from atari_pb.data.provenance import UNKNOWN, Provenance, check_provenance, data_key, labels
 from atari_pb.errors import DataError, UsageError
 from atari_pb.eval.records import ResultRecord, record_path
 from atari_pb.eval.scores import score_matrices
@@ -129,6 +134,42 @@ def score_parts(records: Iterable[ResultRecord], split: str, protocol: str, meth
     }
 
 
+def _where(record: ResultRecord) -> str:
+    return record_path(Path(), record.method, record.protocol, record.game, record.seed).as_posix()
+
+
+def record_pretrain_data(record: ResultRecord) -> Provenance:
+    """A record's config.pretrain_data, checked: None for a baseline (no encoder file), UNKNOWN for a
+    record of an encoder file that does not say (records and encoders made before they recorded it)."""
+    config = record.config if isinstance(record.config, dict) else {}
+    try:
+        prov = check_provenance(config.get("pretrain_data"))
+    except DataError as err:
+        raise DataError(f"{_where(record)}: config.{err}") from None
+    return UNKNOWN if prov is None and record.encoder_sha256 else prov
+
+
+def pretrain_data(records: Iterable[ResultRecord], split: str, protocol: str, method: str) -> Provenance:
+    """The data one (method, protocol, split)'s encoder was pre-trained on; DataError naming two records
+    when its records disagree. A record that does not say takes what a record of the same encoder file
+    (encoder_sha256) says: the same bytes were pre-trained on the same data."""
+    mine = [r for r in records if (r.method, r.protocol, r.split) == (method, protocol, split)]
+    provs = [record_pretrain_data(r) for r in mine]
+    known = {r.encoder_sha256: p for r, p in zip(mine, provs) if isinstance(p, dict)}
+    provs = [known.get(r.encoder_sha256, p) if p == UNKNOWN else p for r, p in zip(mine, provs)]
+    first: dict[Any, int] = {}
+    for i, prov in enumerate(provs):
+        first.setdefault(data_key(prov), i)
+    if len(first) > 1:
+        i, j = list(first.values())[:2]
+        a, b = labels([provs[i], provs[j]])
+        raise DataError(
+            f"{split}/{protocol}: the records of method {method} were pre-trained on different data "
+            f"({_where(mine[i])}: {a}; {_where(mine[j])}: {b}); fine-tune each encoder under its own --method"
+        )
+    return provs[0] if provs else None
+
+
 def aggregate(
     records: Sequence[ResultRecord],
     split: str,
@@ -142,8 +183,10 @@ def aggregate(
     Keys: method, protocol, split, normalization, n_games, n_seeds, then for each of iqm, median, mean,
     optimality_gap the point estimate and `<metric>_low` / `<metric>_high` (95% stratified-bootstrap CI);
     `normalization` is the protocol's own scale for one that has it, and a protocol with sub-scores adds
-    `parts` (see the module docstring). Rows come by protocol, then IQM from best to worst. Incomplete
-    results raise DataError (see scores.py).
+    `parts` (see the module docstring), and every row `pretrain_data`: the label of the data its encoder
+    was pre-trained on (equal labels: the same data; "none" for a baseline). Rows come by protocol, then IQM
+    from best to worst. Incomplete results, and a row whose records disagree on their pre-training data,
+    raise DataError (see scores.py).
     """
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
@@ -167,6 +210,8 @@ def aggregate(
         total = len(split_games(split))
         if len(matrices.games) < total:  # allowed (the demo runs a few games), but said, not hidden
             log.info("%s/%s: %d of the %d games of the split", split, protocol, len(matrices.games), total)
+        # checked before the bootstrap: records that disagree fail at once
+        data = {m: pretrain_data(records, split, protocol, m) for m in matrices.scores}
         block = []
         for method, (point, ci) in interval_estimates(matrices.scores, reps, seed).items():
             row: dict[str, Any] = {
@@ -176,6 +221,7 @@ def aggregate(
                 "normalization": matrices.normalization,
                 "n_games": len(matrices.games),
                 "n_seeds": len(matrices.seeds[method]),
+                "pretrain_data": data[method],  # labelled below
             }
             for i, metric in enumerate(METRICS):
                 row[metric] = float(point[i])
@@ -185,6 +231,9 @@ def aggregate(
                 row["parts"] = score_parts(records, split, protocol, method)
             block.append(row)
         rows += sorted(block, key=lambda r: (-r["iqm"], r["method"]))
+    # labelled together, so that rows on different data never read alike
+    for row, label in zip(rows, labels([r["pretrain_data"] for r in rows])):
+        row["pretrain_data"] = label
     return rows
 
 

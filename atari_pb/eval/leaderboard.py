@@ -7,6 +7,10 @@ only `write_leaderboard` touches the disk.
 Protocols scored on a scale of their own (`Protocol.score_scale`, e.g. the probe's F1) get tables of their
 own per scale, aggregated raw, and a protocol declaring sub-scores (`Protocol.score_parts`, e.g. the probe's
 categories) a table of their means per method beside; both read only the registry's declarations.
+
+Every table says which data each row's encoder was pre-trained on (the rows' `pretrain_data`, aggregate.py),
+and a table whose pre-trained rows were pre-trained on different data says so in a line above it (Markdown,
+HTML; a comment in LaTeX) and in a logged warning: such rows are ranked together, but never silently.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from atari_pb.data.provenance import NONE
 from atari_pb.eval.aggregate import (
     CONFIDENCE,
     METRIC_TITLES,
@@ -67,7 +72,8 @@ _CI_EXTRAS = (
     "optimality_gap_high",
 )
 _HUMAN_EXTRAS = tuple(f"human_{m}{s}" for m in METRICS for s in ("", "_low", "_high"))
-CSV_EXTRA_COLUMNS: tuple[str, ...] = (*_CI_EXTRAS, *_HUMAN_EXTRAS)
+_DATA_EXTRAS = ("pretrain_data",)  # last: files read by position before it existed keep their columns
+CSV_EXTRA_COLUMNS: tuple[str, ...] = (*_CI_EXTRAS, *_HUMAN_EXTRAS, *_DATA_EXTRAS)
 SCORES_COLUMNS = (
     "method",
     "protocol",
@@ -82,7 +88,16 @@ SPLIT_TITLES = {"id": "ID", "near_ood": "Near-OOD", "far_ood": "Far-OOD"}
 SCALE_TITLES = {"dqn": "DQN-normalised", "human": "Human-normalised", "f1": "F1"}
 PARTS_COLUMNS = ("method", "protocol", "split", "n_games", "n_seeds", "mean")  # then the protocol's parts
 _PAIR_SEPARATOR = "\x1f"  # joins a pair's names for rliable's plot; cannot occur in a method's folder name
-_HEADERS = ("Method", "Protocol", "Split", "Games", "Seeds", *(METRIC_TITLES[m] for m in METRICS))
+_HEADERS = (
+    "Method",
+    "Protocol",
+    "Split",
+    "Games",
+    "Seeds",
+    *(METRIC_TITLES[m] for m in METRICS),
+    "Pre-training data",
+)
+MIXED_TITLE = "Mixed pre-training data:"
 
 
 # ---------------------------------------------------------------- tables (pure)
@@ -99,7 +114,35 @@ def _cells(row: dict[str, Any]) -> list[str]:
         str(row["n_games"]),
         str(row["n_seeds"]),
         *(format_estimate(row, m) for m in METRICS),
+        row["pretrain_data"],
     ]
+
+
+def mixed_pretrain_data(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The different pre-training data of the pre-trained rows (not the baselines') of one table, in order
+    of first appearance; [] when they all share one (aggregate labels different data differently)."""
+    seen = list(dict.fromkeys(r["pretrain_data"] for r in rows if r["pretrain_data"] != NONE))
+    return seen if len(seen) > 1 else []
+
+
+def mixed_note(rows: Sequence[dict[str, Any]]) -> str:
+    """The one-line warning above a table whose pre-trained rows were pre-trained on different data; ""
+    when they were not."""
+    mixed = mixed_pretrain_data(rows)
+    if not mixed:
+        return ""
+    return (
+        f"{MIXED_TITLE} rows below were pre-trained on different data ({'; '.join(mixed)}); "
+        "compare them with care."
+    )
+
+
+def warn_mixed(rows: Sequence[dict[str, Any]], where: str) -> None:
+    """Log the mixed-data note of each table (one per scale) of `rows`."""
+    for scale, group in by_scale(rows).items():
+        note = mixed_note(group)
+        if note:
+            log.warning("%s, %s table: %s", where, scale_title(scale), note)
 
 
 def scale_title(scale: str) -> str:
@@ -111,9 +154,11 @@ def axis_label(scale: str) -> str:
     return f"{scale_title(scale)} score" if scale in NORMALIZATIONS else scale_title(scale)
 
 
-def _markdown_grid(headers: Sequence[str], body: Sequence[Sequence[str]], left: int) -> str:
+def _markdown_grid(headers: Sequence[str], body: Sequence[Sequence[str]], left: int, tail: int = 0) -> str:
+    """`left` columns aligned left, then numbers aligned right, then `tail` more columns of text."""
     escape = str.maketrans({"|": r"\|"})
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * left + "---:|" * (len(headers) - left)]
+    align = "---|" * left + "---:|" * (len(headers) - left - tail) + "---|" * tail
+    lines = ["| " + " | ".join(headers) + " |", "|" + align]
     lines += ["| " + " | ".join(c.translate(escape) for c in cells) + " |" for cells in body]
     return "\n".join(lines) + "\n"
 
@@ -160,20 +205,24 @@ def _parts_caption(protocol: str, scale: str) -> str:
     return f"{protocol}: mean {scale_title(scale)} per {protocol_class(protocol).score_parts_title}"
 
 
+def _markdown_rows(rows: Sequence[dict[str, Any]]) -> str:
+    """An aggregate table, under its mixed-data note when it has one."""
+    note = mixed_note(rows)
+    above = f"**{MIXED_TITLE}**{note.removeprefix(MIXED_TITLE)}\n\n" if note else ""
+    return above + _markdown_grid(_HEADERS, [_cells(r) for r in rows], 3, tail=1)
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A GitHub-flavoured Markdown table of aggregate rows (estimates with 95% CIs in brackets). Rows on a
-    protocol's own scale (see the module docstring) follow in a titled table per scale, with the table of
-    their sub-scores."""
+    """A GitHub-flavoured Markdown table of aggregate rows (estimates with 95% CIs in brackets), under a
+    note when its pre-trained rows were pre-trained on different data. Rows on a protocol's own scale (see
+    the module docstring) follow in a titled table per scale, with the table of their sub-scores."""
     groups = by_scale(rows)
     game = [r for scale, group in groups.items() if scale in NORMALIZATIONS for r in group]
-    parts = [_markdown_grid(_HEADERS, [_cells(r) for r in game], 3)] if game or not rows else []
+    parts = [_markdown_rows(game)] if game or not rows else []
     for scale, group in groups.items():
         if scale in NORMALIZATIONS:
             continue
-        parts.append(
-            f"{scale_title(scale)} (raw, not normalised):\n\n"
-            + _markdown_grid(_HEADERS, [_cells(r) for r in group], 3)
-        )
+        parts.append(f"{scale_title(scale)} (raw, not normalised):\n\n" + _markdown_rows(group))
         for protocol in _parts_protocols(group):
             header, body = parts_table(group, protocol)
             parts.append(f"{_parts_caption(protocol, scale)}:\n\n" + _markdown_grid(header, body, 3))
@@ -205,10 +254,12 @@ def latex_table(rows: Sequence[dict[str, Any]], normalization: str = "dqn") -> s
         low, high = row[f"{metric}_low"], row[f"{metric}_high"]
         return f"{row[metric]:.3f} {{\\scriptsize [{low:.3f}, {high:.3f}]}}"
 
+    note = mixed_note(rows)
     lines = [
         f"% Atari-PB leaderboard, {scale_title(normalization)} scores: "
         f"point estimate [{CONFIDENCE:.0%} stratified-bootstrap CI]",
-        "\\begin{tabular}{lllrr" + "l" * len(METRICS) + "}",
+        *([f"% {note}"] if note else []),
+        "\\begin{tabular}{lllrr" + "l" * len(METRICS) + "l}",
         "\\hline",
         " & ".join(latex_escape(h) for h in _HEADERS) + " \\\\",
         "\\hline",
@@ -220,7 +271,8 @@ def latex_table(rows: Sequence[dict[str, Any]], normalization: str = "dqn") -> s
             lines.append("\\hline")
         previous = group
         cells = [latex_escape(str(row[k])) for k in ("method", "protocol", "split", "n_games", "n_seeds")]
-        lines.append(" & ".join([*cells, *(estimate(row, m) for m in METRICS)]) + " \\\\")
+        data = latex_escape(row["pretrain_data"])
+        lines.append(" & ".join([*cells, *(estimate(row, m) for m in METRICS), data]) + " \\\\")
     lines += ["\\hline", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
 
@@ -236,6 +288,7 @@ def csv_rows(
         h = human.get((row["method"], row["protocol"], row["split"]))
         for col in _HUMAN_EXTRAS:
             line[col] = "" if h is None else h[col.removeprefix("human_")]
+        line.update({k: row[k] for k in _DATA_EXTRAS})
         out.append(line)
     return out
 
@@ -373,16 +426,24 @@ def plot_improvement_figure(
 
 
 # ---------------------------------------------------------------- HTML (pure)
-def _html_grid(headers: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+def _html_grid(headers: Sequence[str], body: Sequence[Sequence[str]], cls: str = "") -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     lines = "\n".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body
     )
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{lines}\n</tbody>\n</table>"
+    table = f'<table class="{cls}">' if cls else "<table>"
+    return f"{table}\n<thead><tr>{head}</tr></thead>\n<tbody>\n{lines}\n</tbody>\n</table>"
 
 
 def _html_table(rows: Sequence[dict[str, Any]]) -> str:
-    return _html_grid(_HEADERS, [_cells(r) for r in rows])
+    """An aggregate table, under its mixed-data note when it has one."""
+    note = mixed_note(rows)
+    above = (
+        f'<p class="mixed"><strong>{MIXED_TITLE}</strong>{html.escape(note.removeprefix(MIXED_TITLE))}</p>\n'
+        if note
+        else ""
+    )
+    return above + _html_grid(_HEADERS, [_cells(r) for r in rows], "board")
 
 
 def _html_raw(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -401,7 +462,8 @@ _STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding
 table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;padding:3px 8px}
 td:nth-child(n+4){text-align:right;font-variant-numeric:tabular-nums}th{background:#f3f3f3}
 figure{display:inline-block;margin:0.5em 1em 1em 0;vertical-align:top}img{max-width:100%}
-figcaption{font-size:0.9em;color:#555}"""
+figcaption{font-size:0.9em;color:#555}table.board td:last-child{text-align:left}
+p.mixed{background:#fff4e0;border-left:4px solid #e69500;padding:4px 8px}"""
 
 
 def html_page(sections: Sequence[dict[str, Any]], reps: int, seed: int, n_records: int) -> str:
@@ -514,11 +576,7 @@ def _markdown_page(sections: list[dict[str, Any]], reps: int, seed: int) -> str:
         if sec["human"]:
             md += [f"### {SCALE_TITLES['human']}", "", markdown_table(sec["human"])]
         for scale, group in by_scale(sec.get("raw", [])).items():
-            md += [
-                f"### {scale_title(scale)} (raw, not normalised)",
-                "",
-                _markdown_grid(_HEADERS, [_cells(r) for r in group], 3),
-            ]
+            md += [f"### {scale_title(scale)} (raw, not normalised)", "", _markdown_rows(group)]
             for protocol in _parts_protocols(group):
                 header, body = parts_table(group, protocol)
                 md += [f"#### {_parts_caption(protocol, scale)}", "", _markdown_grid(header, body, 3)]
@@ -547,9 +605,10 @@ def _split_rows(
 def _raw_files(out: Path, rows: Sequence[dict[str, Any]]) -> list[Path]:
     """leaderboard_<scale>.{csv,tex} per own scale and parts_<protocol>.csv per protocol with sub-scores."""
     written = []
+    scale_columns = (*CSV_COLUMNS, *_CI_EXTRAS, *_DATA_EXTRAS)
     for scale, group in by_scale(rows).items():
-        line = [{k: r[k] for k in (*CSV_COLUMNS, *_CI_EXTRAS)} for r in group]
-        written.append(_write(out / f"leaderboard_{scale}.csv", _csv_text((*CSV_COLUMNS, *_CI_EXTRAS), line)))
+        line = [{k: r[k] for k in scale_columns} for r in group]
+        written.append(_write(out / f"leaderboard_{scale}.csv", _csv_text(scale_columns, line)))
         written.append(_write(out / f"leaderboard_{scale}.tex", latex_table(group, scale)))
     for protocol in _parts_protocols(rows):
         columns, lines = parts_csv_rows(rows, protocol)
@@ -577,6 +636,7 @@ def write_leaderboard(
     all_raw: list[dict[str, Any]] = []
     for split in splits_with_results(records):
         dqn_rows, human_rows, raw_rows = _split_rows(records, split, reps, seed)
+        warn_mixed([*dqn_rows, *raw_rows], SPLIT_TITLES[split])  # the human table has the DQN one's rows
         all_dqn += dqn_rows
         all_human += human_rows
         all_raw += raw_rows

@@ -29,7 +29,8 @@ from typing import Any
 
 import torch
 
-from atari_pb.errors import AtariPBError, UsageError
+from atari_pb.data.provenance import check_provenance
+from atari_pb.errors import AtariPBError, DataError, UsageError
 from atari_pb.eval.protocol import load_eval_config
 from atari_pb.eval.records import ResultRecord, record_path, write_record
 from atari_pb.finetune.base import (
@@ -43,7 +44,14 @@ from atari_pb.finetune.base import (
 from atari_pb.finetune.resume import JobCheckpoint, remove_checkpoint
 from atari_pb.finetune.sizing import check_fleet_fits
 from atari_pb.games import get_game
-from atari_pb.models.encoder import Encoder, ModelConfig, config_path, load_encoder
+from atari_pb.models.encoder import (
+    ENCODER_FORMAT,
+    Encoder,
+    ModelConfig,
+    config_path,
+    load_encoder,
+    read_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +124,16 @@ def build_encoder(job: Job) -> tuple[Encoder, str, bool]:
     return load_encoder(job.encoder), digest, False
 
 
+def encoder_pretrain_data(encoder: str | Path) -> dict | None:
+    """The data an exported encoder was pre-trained on (its JSON's metadata.pretrain_data, provenance.py);
+    None for an encoder exported before encoders recorded it: unknown."""
+    metadata = read_config(encoder, ENCODER_FORMAT, "an encoder").get("metadata")
+    try:
+        return check_provenance(metadata.get("pretrain_data") if isinstance(metadata, dict) else None)
+    except DataError as err:
+        raise DataError(f"{config_path(encoder)}: metadata.{err}") from None
+
+
 def rollout_score(result: FinetuneResult, job: Job, ev) -> tuple[float, list[float]]:
     """(mean return, every episode's return) of the trained agent in the split's evaluation env."""
     from atari_pb.eval.rollout import evaluate
@@ -167,6 +185,7 @@ class PreparedJob:
     digest: str
     train_backbone: bool
     task: FinetuneTask
+    pretrain_data: dict | None = None  # the encoder's (encoder_pretrain_data); None: a baseline, or unknown
 
 
 def prepare_job(job: Job, encoders: dict | None = None) -> PreparedJob:
@@ -189,7 +208,8 @@ def prepare_job(job: Job, encoders: dict | None = None) -> PreparedJob:
     task = FinetuneTask(
         game, encoder, job.seed, train_backbone, data, baseline=baseline, checkpoint=checkpoint
     )
-    return PreparedJob(job, protocol, cfg, ev, digest, train_backbone, task)
+    pretrain_data = None if baseline else encoder_pretrain_data(job.encoder)
+    return PreparedJob(job, protocol, cfg, ev, digest, train_backbone, task, pretrain_data)
 
 
 def compute_job(job: Job) -> JobOutput:
@@ -210,6 +230,9 @@ def finish_job(prepared: PreparedJob, result: FinetuneResult, extra: dict | None
         "encoder": job.encoder,
         "preset": job.preset,
         "train_backbone": prepared.train_backbone,
+        # what the encoder was pre-trained on; None for a baseline (no encoder file, no encoder_sha256) and
+        # for an encoder that does not say (unknown)
+        "pretrain_data": prepared.pretrain_data,
         "train_seconds": result.seconds,
         **result.summary,
         **(extra or {}),
@@ -425,6 +448,7 @@ def plan(
     data_frames = spec.check_data(cfg, Path(data), chosen) if spec.needs_data else None
     if encoder not in baselines(protocol):
         check_frames(encoder, spec, cfg, ev, data_frames)
+        encoder_pretrain_data(encoder)  # a malformed one fails now, not after the training
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise UsageError(f"seeds {list(seeds)}: must be distinct integers >= 0")
     name = method or method_name(encoder, baselines(protocol))

@@ -56,6 +56,10 @@ BACKBONE = "backbone.body."
 NECK = "neck."
 FRESH_NECK_SEED = 0
 ORIGIN = "imported from the released Atari-PB checkpoint"
+# What the released checkpoints were pre-trained on (provenance.py): DQN-Replay, the 50 ID games x runs
+# 1-2 x checkpoints 1-10 x the first 10k transitions each (configs/dataloader/pretrain.yaml; our
+# datasets/atari_pb_pretrain.yaml is the same selection) = 1,000 checkpoints, 10,000,000 transitions
+RELEASED_PRETRAIN_DATA = {"source": "dqn_replay", "games": 50, "transitions": 10_000_000, "shards": 1000}
 SHOWN = 3  # offenders named in one error line
 
 _CONV = re.compile(r"conv1\.weight|layer\d+\.\d+\.conv\d+\.weight")
@@ -330,6 +334,7 @@ def _metadata(path: Path, objective: str, checkpoint: Mapping) -> dict:
         "sha256": sha256_file(path),
         "neck": "fresh" if fresh else "imported",
         "released_neck": RELEASED_NECKS[objective],
+        "pretrain_data": dict(RELEASED_PRETRAIN_DATA),
     }
     if fresh:
         meta["neck_seed"] = FRESH_NECK_SEED

@@ -27,6 +27,8 @@ from atari_pb.core.device import pick_device
 from atari_pb.core.schedules import epoch_steps, warmup_cosine
 from atari_pb.core.writer import METRICS, RunWriter
 from atari_pb.data import ShardSet, ShardStream, make_loader
+from atari_pb.data.manifest import read_manifest
+from atari_pb.data.provenance import check_provenance, data_key, data_provenance, describe
 from atari_pb.distributed import DistInfo, all_mean, all_sum, finish_distributed, init_distributed
 from atari_pb.errors import DataError, UsageError
 from atari_pb.models.ema import ema_update
@@ -77,6 +79,7 @@ class _Run:
     batches: object  # iterator over the stream's batches
     start: int
     writer: RunWriter
+    provenance: dict  # the data it is pre-trained on (provenance.py), saved in every checkpoint
     params: list[torch.nn.Parameter] = field(default_factory=list)  # the trainable ones, for clipping
 
     def __post_init__(self) -> None:
@@ -124,6 +127,7 @@ def _setup(name: str, data: Path, out: Path, cfg: PretrainConfig, resume: bool) 
     # data: fail now, not mid-run, when it cannot give the objective what it needs
     torch.manual_seed(t.seed)
     shards = ShardSet(data, games=cfg.data.games or None)
+    provenance = data_provenance(read_manifest(data), cfg.data.games or None)  # the entries ShardSet reads
     objective = objective_class(name)(cfg.objective, Encoder(cfg.model), cfg.model.num_actions)
     spec = objective.sample_spec()
     starts = len(shards.valid_starts(spec.frames, spec.t_step, spec.n_step))
@@ -144,7 +148,7 @@ def _setup(name: str, data: Path, out: Path, cfg: PretrainConfig, resume: bool) 
     optimizer = make_optimizer(objective, cfg.optim)
     schedule = warmup_cosine(t.steps, cfg.optim.warmup, cfg.optim.min_lr_scale)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    start = _restore(checkpoint_path, cfg, name, objective, optimizer, scheduler) if resume else 0
+    start = _restore(checkpoint_path, cfg, name, objective, optimizer, scheduler, provenance) if resume else 0
     writer = RunWriter(out, dist.is_main, start if resume else None)
     writer.config(cfg, f"atari-pb pretrain --objective {name}")
 
@@ -171,13 +175,37 @@ def _setup(name: str, data: Path, out: Path, cfg: PretrainConfig, resume: bool) 
     )
     batches = iter(make_loader(stream, num_workers=t.loader_threads, pin_memory=device.type == "cuda"))
     return _Run(
-        name, cfg, out, device, dist, objective, model, optimizer, scheduler, stream, batches, start, writer
+        name,
+        cfg,
+        out,
+        device,
+        dist,
+        objective,
+        model,
+        optimizer,
+        scheduler,
+        stream,
+        batches,
+        start,
+        writer,
+        provenance,
     )
 
 
-def _restore(path: Path, cfg: PretrainConfig, name: str, objective, optimizer, scheduler) -> int:
+def _restore(
+    path: Path, cfg: PretrainConfig, name: str, objective, optimizer, scheduler, provenance: dict
+) -> int:
     saved = load_checkpoint(path, "pretrain")
     _same_run(saved, cfg, name, path)
+    before = saved.get("pretrain_data")  # absent in checkpoints written before runs recorded their data
+    if before is not None and data_key(before) != data_key(provenance):
+        # the shards changed under the run (more ingested, another directory): the encoder will say so
+        log.warning(
+            "%s: the run began on %s, it continues on %s; the encoder will record the latter",
+            path,
+            describe(before),
+            describe(provenance),
+        )
     objective.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
@@ -247,6 +275,7 @@ def _save(run: _Run, step: int) -> None:
             "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(),
             "rng": torch.get_rng_state(),
+            "pretrain_data": run.provenance,  # so export-encoder needs no data (provenance.py)
         }
         save_checkpoint(run.checkpoint, state)
 
@@ -280,9 +309,8 @@ def pretrain(name: str, data: Path, out: Path, cfg: PretrainConfig, resume: bool
 
     encoder_path = run.out / ENCODER
     if run.dist.is_main:
-        export_encoder(
-            run.objective.encoder, encoder_path, {"objective": name, "steps": t.steps, "data": str(data)}
-        )
+        meta = {"objective": name, "steps": t.steps, "data": str(data), "pretrain_data": run.provenance}
+        export_encoder(run.objective.encoder, encoder_path, meta)
         log.info("pretrain %s: %d steps done; encoder at %s", name, t.steps, encoder_path)
     finish_distributed()
     return encoder_path
@@ -299,6 +327,11 @@ def export_from_run(run: Path, out: Path) -> Path:
     encoder = Encoder(ModelConfig(**saved["config"]["model"]))
     prefix = "encoder."
     encoder.load_state_dict({k[len(prefix) :]: v for k, v in saved["model"].items() if k.startswith(prefix)})
-    return export_encoder(
-        encoder, out, {"objective": saved["objective_name"], "steps": saved["step"], "run": str(run)}
-    )
+    # None (unknown) for a checkpoint written before runs recorded their data: its config does not name
+    # the shard directory, so there is nothing to compute it from
+    try:
+        provenance = check_provenance(saved.get("pretrain_data"))
+    except DataError as err:
+        raise DataError(f"{path}: {err}") from None
+    meta = {"objective": saved["objective_name"], "steps": saved["step"], "run": str(run)}
+    return export_encoder(encoder, out, {**meta, "pretrain_data": provenance})
