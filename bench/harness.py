@@ -180,10 +180,12 @@ def warm_page_cache(paths: Iterable[Path]) -> None:
                 pass
 
 
-def run_child(name: str, payload: dict, env: dict | None = None, preexec_fn=None) -> dict:
-    """`python -m bench.<name> --child JSON` (the spec's `child`) in a fresh process: its JSON answer plus
-    ru_maxrss (bytes) of that child alone (os.wait4), or {"failed": True, ...}."""
-    cmd = [sys.executable, "-m", f"bench.{name}", "--child", json.dumps(payload)]
+def run_child(
+    name: str, payload: dict, env: dict | None = None, preexec_fn=None, python: str | None = None
+) -> dict:
+    """`python -m bench.<name> --child JSON` (the spec's `child`) in a fresh process, by default with this
+    interpreter: its JSON answer plus ru_maxrss (bytes) of that child alone (os.wait4), or {"failed": True, ...}."""
+    cmd = [python or sys.executable, "-m", f"bench.{name}", "--child", json.dumps(payload)]
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=err, preexec_fn=preexec_fn, cwd=REPO, env=env

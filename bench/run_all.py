@@ -27,7 +27,19 @@ from pathlib import Path  # noqa: E402
 
 from bench.harness import DOC, OUT, REPO, RESULTS, log, render_doc  # noqa: E402
 
-BENCHES = ("ingest", "sampler", "memory", "train", "env", "prend", "rainbow", "probe", "resume", "fleet")
+BENCHES = (
+    "ingest",
+    "sampler",
+    "memory",
+    "train",
+    "env",
+    "prend",
+    "rainbow",
+    "probe",
+    "resume",
+    "fleet",
+    "rlu",
+)
 
 
 def run(names: list[str], quick: bool) -> None:

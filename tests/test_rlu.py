@@ -480,3 +480,26 @@ def test_a_refused_dqn_replay_bucket_points_at_rl_unplugged():
     assert "--source rlu" in _refused_hint(f"{DEFAULT_BASE_URL}/Pong/1/replay_logs/x.gz", 403)
     assert _refused_hint("http://127.0.0.1:1/mirror/x.gz", 403) == ""
     assert _refused_hint(f"{DEFAULT_BASE_URL}/Pong/1/replay_logs/x.gz", 500) == ""
+
+
+def test_record_stream_over_megabytes_of_records(tmp_path):
+    """Records of 300 kB, fed in 64 KiB pieces: the stream trims what it has handed out (past 1 MiB) and
+    still gives every record whole, CRCs checked, as the independent writer wrote them."""
+    from tfrecord.writer import TFRecordWriter
+
+    from atari_pb.data.tfrecord import RecordStream, parse_example
+
+    rng = np.random.default_rng(0)
+    blobs = [rng.bytes(300_000) for _ in range(8)]
+    raw = tmp_path / "raw"
+    writer = TFRecordWriter(str(raw))
+    for i, blob in enumerate(blobs):
+        writer.write({"blob": ([blob], "byte"), "i": (i, "int")})
+    writer.close()
+    data = gzip.compress(raw.read_bytes(), compresslevel=6)
+    stream = RecordStream("memory")
+    got = [r for at in range(0, len(data), 1 << 16) for r in stream.feed(data[at : at + (1 << 16)])]
+    assert stream.records == 8 and stream.gzip_ended and stream.at_record_boundary
+    for i, record in enumerate(got):
+        features = parse_example(record, "memory", i).features.feature
+        assert features["blob"].bytes_list.value[0] == blobs[i] and features["i"].int64_list.value[0] == i

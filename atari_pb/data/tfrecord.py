@@ -31,7 +31,7 @@ _MASK_DELTA = 0xA282EAD8
 MAX_RECORD_BYTES = 1 << 30
 
 
-def masked_crc32c(data: bytes | memoryview) -> int:
+def masked_crc32c(data: bytes | bytearray) -> int:
     crc = google_crc32c.value(bytes(data))
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
@@ -74,27 +74,26 @@ class RecordStream:
         yield from self._records()
 
     def _records(self) -> Iterator[bytes]:
+        # No memoryview of _buf outlives a statement: a live export would forbid trimming it below.
         buf = self._buf
         while len(buf) - self._pos >= _HEADER:
-            head = memoryview(buf)[self._pos : self._pos + _HEADER]
-            (length,) = struct.unpack_from("<Q", head)
-            (crc,) = struct.unpack_from("<I", head, 8)
-            if crc != masked_crc32c(head[:8]):
-                where = f"record {self.records}"
-                if self.records == 0 and bytes(head[:6]) == b"\x93NUMPY":
+            length, crc = struct.unpack_from("<QI", buf, self._pos)
+            if crc != masked_crc32c(buf[self._pos : self._pos + 8]):
+                if self.records == 0 and buf[:6] == b"\x93NUMPY":
                     raise DataError(
                         f"{self.source}: a DQN-Replay .npy array, not an RL Unplugged TFRecord file; "
                         "ingest it with --layout dqn_replay"
                     )
                 raise DataError(
-                    f"{self.source}: {where}: the length's CRC32C does not match (not a TFRecord?)"
+                    f"{self.source}: record {self.records}: the length's CRC32C does not match (not a TFRecord?)"
                 )
             if length > MAX_RECORD_BYTES:
                 raise DataError(f"{self.source}: record {self.records}: implausible length {length}")
             end = self._pos + _HEADER + length + _FOOTER
             if len(buf) < end:
                 break
-            data = bytes(buf[self._pos + _HEADER : end - _FOOTER])
+            with memoryview(buf) as view:
+                data = bytes(view[self._pos + _HEADER : end - _FOOTER])  # one copy
             (crc,) = struct.unpack_from("<I", buf, end - _FOOTER)
             if crc != masked_crc32c(data):
                 raise DataError(f"{self.source}: record {self.records}: the data's CRC32C does not match")
