@@ -316,6 +316,14 @@ def bad_ingest(root: Path, tmp_path: Path, ckpts=("1",)) -> subprocess.Completed
     return proc
 
 
+def ingest_error(root: Path, tmp_path: Path) -> str:
+    """The one error line of an ingest of breakout run 1 checkpoint 1 (in-process: the CLI prints the same
+    line, as the CRC test checks through the real command)."""
+    report = ingest(root, tmp_path / "shards", [BREAKOUT], [1], [1], SAMPLES, layout="rlu")
+    assert len(report.errors) == 1 and not report.built, report
+    return f"atari-pb: error: {report.errors[0]}"
+
+
 def one_line(proc) -> str:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -353,7 +361,7 @@ def test_a_truncated_or_corrupt_gzip_stream(served, tmp_path, damage, message):
         for at in range(len(data) // 10, len(data) // 10 + 400, 7):
             data[at] ^= 0x5A
         bad.write_bytes(bytes(data))
-    line = one_line(bad_ingest(root, tmp_path))
+    line = ingest_error(root, tmp_path)
     assert line.startswith(f"atari-pb: error: {bad}: ") and message in line
     assert not (tmp_path / "shards" / "breakout" / "run1_ckpt1.h5").exists()
 
@@ -390,7 +398,7 @@ def _png(array: np.ndarray) -> bytes:
 def test_bad_records_name_file_and_record(pool, tmp_path, edit, message):
     root = tmp_path / "local"
     bad = write_rlu_file(root / "Breakout" / shard_name(1, 1, 50), [], 1, datums=_datums(pool, edit))
-    assert one_line(bad_ingest(root, tmp_path)) == f"atari-pb: error: {bad}: {message}"
+    assert ingest_error(root, tmp_path) == f"atari-pb: error: {bad}: {message}"
     assert not (tmp_path / "shards" / "breakout").exists() or not any(
         (tmp_path / "shards" / "breakout").iterdir()
     )
