@@ -143,12 +143,13 @@ def tree(tmp_path_factory) -> Path:
     return root.resolve()
 
 
-@pytest.fixture
-def serve(tree):
+def serving(default_root: Path):
+    """Yields start(root=None, **flags) -> a running _Server (serving default_root unless told otherwise);
+    stops every server it started when resumed. The body of the `serve` fixtures here and in test_rlu."""
     servers: list[_Server] = []
 
     def start(root: Path | None = None, **flags) -> _Server:
-        server = _Server(tree if root is None else root, **flags)
+        server = _Server(default_root if root is None else root, **flags)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(server)
         return server
@@ -157,6 +158,11 @@ def serve(tree):
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def serve(tree):
+    yield from serving(tree)
 
 
 def fetch(server: _Server, dest: Path, samples: int | None = None, games=(PONG,), **kw):

@@ -35,7 +35,7 @@ from atari_pb.errors import DataError, UsageError
 from atari_pb.games import get_game
 
 from .rlu_files import Episode, expected, make_episodes, write_rlu_file
-from .test_download import _Server
+from .test_download import serving
 from .test_ingest import atari_pb, tree_bytes
 
 pytestmark = pytest.mark.timeout(120)
@@ -80,20 +80,7 @@ def served(pool, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def serve(served):
-    servers: list[_Server] = []
-
-    def start(root: Path | None = None, **flags) -> _Server:
-        import threading
-
-        server = _Server(served if root is None else root, **flags)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    yield from serving(served)
 
 
 def fetch(server, dest, games=(BREAKOUT,), ckpts=(1, 2), samples=SAMPLES, **kw):
