@@ -20,13 +20,14 @@ import json
 import logging
 import zlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from atari_pb.core.policies import EpsilonGreedy, RandomPolicy
+from atari_pb.data.dataset import CollectConfig
 from atari_pb.data.replay_format import FRAME_SHAPE, GzipNpyWriter, replay_file, run_dir, write_gz_npy
 from atari_pb.envs.atari import minimal_indices
 from atari_pb.errors import DataError, UsageError
@@ -39,22 +40,6 @@ REWARDS = ("clipped", "raw")  # collect.reward: DQN-Replay's clipped rewards, or
 STACK_SIZE = 4  # Dopamine's replay stack size, for the invalid range
 UPDATE_HORIZON = 1  # Dopamine's default update horizon, for the invalid range
 _WRITE_BLOCK = 1024  # frames buffered before a compress call
-
-
-@dataclass
-class CollectConfig:
-    """How `atari-pb collect` plays (the `collect:` section of datasets/*.yaml)."""
-
-    transitions_per_ckpt: int = 2500
-    policy: str = (
-        "random"  # random | eps-greedy:<agent file from `finetune --save-agent`; {game} = each game>
-    )
-    epsilon: float = 0.01  # eps-greedy only: DQN-Replay's agents logged with their final epsilon, 0.01
-    sticky_action_prob: float = 0.25
-    seed: int = 0
-    compress_level: int = 6
-    num_threads: int = 0  # ALE vector-env threads; 0 = one per core
-    reward: str = "clipped"  # clipped: np.clip(r, -1, 1), as DQN-Replay stores it | raw: the score change
 
 
 def invalid_range(cursor: int, capacity: int) -> np.ndarray:
