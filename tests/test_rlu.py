@@ -238,6 +238,7 @@ def test_cli_pipeline_on_rlu_shards(served, serve, tmp_path):
     record = json.loads((results / "curl" / "offline_bc" / "breakout" / "seed0.json").read_text())
     provenance = {"source": "rlu", "games": 1, "transitions": 2 * SAMPLES, "shards": 2}
     assert record["config"]["pretrain_data"] == provenance  # the record says what the encoder was trained on
+    assert record["scoring"] == {"scale": "game", "parts": [], "parts_title": "part"}  # and how it is scored
 
 
 # ------------------------------------------------------------------------------------------ coverage

@@ -33,7 +33,7 @@ from atari_pb.data.provenance import UNKNOWN, Provenance, check_provenance, data
 from atari_pb.errors import DataError, UsageError
 from atari_pb.eval.records import ResultRecord, record_path
 from atari_pb.eval.scores import score_matrices
-from atari_pb.finetune.base import protocol_class, protocol_names
+from atari_pb.eval.scoring import scoring, use_records
 from atari_pb.games import SPLITS, split_games
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def splits_with_results(records: Iterable[ResultRecord]) -> list[str]:
 
 def protocols_with_results(records: Iterable[ResultRecord], split: str) -> list[str]:
     present = {r.protocol for r in records if r.split == split}
-    return [p for p in protocol_names() if p in present]
+    return sorted(present)  # the registry's order (protocol_names), without importing the protocols
 
 
 def _part_values(record: ResultRecord, names: Sequence[str]) -> dict[str, float]:
@@ -119,7 +119,7 @@ def score_parts(records: Iterable[ResultRecord], split: str, protocol: str, meth
     config["score_parts"]) for one (method, protocol, split): per game the mean over its seeds, then the
     mean over the games that have the part (a game need not have every part: the probe's categories).
     In the declared order; {} for a protocol without parts."""
-    names = protocol_class(protocol).score_parts
+    names = scoring(protocol).parts
     if not names:
         return {}
     by_part: dict[str, dict[str, list[float]]] = {}
@@ -188,6 +188,7 @@ def aggregate(
     from best to worst. Incomplete results, and a row whose records disagree on their pre-training data,
     raise DataError (see scores.py).
     """
+    use_records(records)  # score as the records say (eval/scoring.py)
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     _check_reps(reps)
@@ -198,8 +199,10 @@ def aggregate(
         )
     available = protocols_with_results(records, split)
     for protocol in protocols or ():
-        protocol_class(protocol)  # an unknown name: one line with the valid ones
         if protocol not in available:
+            from atari_pb.finetune.base import protocol_class  # only to name the valid ones
+
+            protocol_class(protocol)  # an unknown name: one line with the valid ones
             raise UsageError(
                 f"no results for protocol {protocol} on split {split}; "
                 f"protocols with results there: {', '.join(available)}"
@@ -227,7 +230,7 @@ def aggregate(
                 row[metric] = float(point[i])
                 row[f"{metric}_low"] = float(ci[0, i])
                 row[f"{metric}_high"] = float(ci[1, i])
-            if protocol_class(protocol).score_parts:
+            if scoring(protocol).parts:
                 row["parts"] = score_parts(records, split, protocol, method)
             block.append(row)
         rows += sorted(block, key=lambda r: (-r["iqm"], r["method"]))

@@ -45,7 +45,7 @@ from atari_pb.eval.scores import (
     is_raw,
     score_matrices,
 )
-from atari_pb.finetune.base import protocol_class
+from atari_pb.eval.scoring import scoring, use_records
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def by_scale(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 def parts_columns(rows: Sequence[dict[str, Any]], protocol: str) -> list[str]:
     """The sub-scores any of the protocol's rows has, in the protocol's declared order."""
     have = {name for r in rows if r["protocol"] == protocol for name in r.get("parts", {})}
-    return [name for name in protocol_class(protocol).score_parts if name in have]
+    return [name for name in scoring(protocol).parts if name in have]
 
 
 def parts_table(rows: Sequence[dict[str, Any]], protocol: str) -> tuple[list[str], list[list[str]]]:
@@ -202,7 +202,7 @@ def _parts_protocols(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _parts_caption(protocol: str, scale: str) -> str:
-    return f"{protocol}: mean {scale_title(scale)} per {protocol_class(protocol).score_parts_title}"
+    return f"{protocol}: mean {scale_title(scale)} per {scoring(protocol).parts_title}"
 
 
 def _markdown_rows(rows: Sequence[dict[str, Any]]) -> str:
@@ -627,6 +627,7 @@ def write_leaderboard(
     probability_of_improvement_<split>_<protocol>.png. With protocols on a scale of their own, also
     leaderboard_<scale>.{csv,tex} and, for those with sub-scores, parts_<protocol>.csv (every split).
     """
+    use_records(records)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

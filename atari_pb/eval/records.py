@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from atari_pb.errors import DataError, UsageError
+from atari_pb.eval.scoring import parse_scoring
 from atari_pb.games import SPLITS, get_game
 
 REQUIRED = ("method", "protocol", "split", "game", "seed", "score")
@@ -35,6 +36,9 @@ class ResultRecord:
     encoder_sha256: str = ""  # of the encoder file fine-tuned from ("" for baselines without one)
     config: dict[str, Any] = field(default_factory=dict)  # the fine-tuning run's whole configuration
     episode_scores: list[float] = field(default_factory=list)
+    # how the protocol's scores are aggregated (eval/scoring.py: scale, parts, parts_title), so that eval
+    # reads records without the protocols; {} in records made before they carried it
+    scoring: dict[str, Any] = field(default_factory=dict)
 
 
 def record_path(results: Path, method: str, protocol: str, game: str, seed: int) -> Path:
@@ -58,10 +62,11 @@ def _check(doc: Any, path: Path) -> ResultRecord:
         raise DataError(f"{path}: missing keys {', '.join(missing)}; a record needs {', '.join(REQUIRED)}")
     known = set(ResultRecord.__dataclass_fields__)
     record = ResultRecord(**{k: v for k, v in doc.items() if k in known})
-    from atari_pb.finetune.base import protocol_names
+    if parse_scoring(record.scoring, str(path)) is None:  # made before records said how they are scored
+        from atari_pb.finetune.base import protocol_names
 
-    if record.protocol not in protocol_names():
-        raise DataError(f"{path}: protocol {record.protocol!r}; valid: {', '.join(protocol_names())}")
+        if record.protocol not in protocol_names():
+            raise DataError(f"{path}: protocol {record.protocol!r}; valid: {', '.join(protocol_names())}")
     if record.split not in SPLITS:
         raise DataError(f"{path}: split {record.split!r}; valid: {', '.join(SPLITS)}")
     try:

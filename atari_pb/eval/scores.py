@@ -38,6 +38,7 @@ from numpy.typing import ArrayLike
 
 from atari_pb.errors import DataError, UsageError
 from atari_pb.eval.records import ResultRecord, record_path
+from atari_pb.eval.scoring import scoring
 from atari_pb.games import SPLITS, Game, get_game, split_games
 
 NORMALIZATIONS: tuple[str, ...] = ("dqn", "human")
@@ -126,17 +127,13 @@ def _seed(record: ResultRecord) -> int:
 
 
 def score_scale(protocol: str) -> str:
-    """The protocol's score scale, from the registry: "game" (normalised here) or its own raw scale."""
-    from atari_pb.finetune.base import protocol_class
-
-    return protocol_class(protocol).score_scale
+    """The protocol's score scale (eval/scoring.py): "game" (normalised here) or its own raw scale."""
+    return scoring(protocol).scale
 
 
 def is_raw(protocol: str) -> bool:
     """Whether the protocol's scores are aggregated raw (a scale of its own, not game points)."""
-    from atari_pb.finetune.base import GAME_SCALE
-
-    return score_scale(protocol) != GAME_SCALE
+    return scoring(protocol).raw
 
 
 def _check_split(split: str, normalization: str, raw: bool = False) -> None:

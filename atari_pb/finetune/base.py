@@ -35,12 +35,15 @@ from typing import Any, ClassVar, TypeVar
 from atari_pb.config import config_file, load_config
 from atari_pb.core.timing import NO_TIMING, Sections
 from atari_pb.errors import UsageError
+from atari_pb.eval.scoring import GAME_SCALE as _GAME_SCALE
+from atari_pb.eval.scoring import Scoring
 from atari_pb.finetune.resume import JobCheckpoint
 from atari_pb.games import Game
 from atari_pb.models.encoder import Encoder
 
 PROTOCOLS: dict[str, type[Protocol]] = {}
-GAME_SCALE = "game"  # Protocol.score_scale of protocols scored in game points
+# Protocol.score_scale of protocols scored in game points (eval/scoring.py, which records carry)
+GAME_SCALE = _GAME_SCALE
 
 P = TypeVar("P", bound="type[Protocol]")
 
@@ -149,6 +152,11 @@ def register(cls: P) -> P:
         )
     PROTOCOLS[cls.name] = cls
     return cls
+
+
+def protocol_scoring(cls: type[Protocol]) -> Scoring:
+    """What eval needs to score the protocol's records, written into each of them."""
+    return Scoring(cls.score_scale, tuple(cls.score_parts), cls.score_parts_title)
 
 
 def protocol_names() -> list[str]:

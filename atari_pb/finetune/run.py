@@ -40,6 +40,7 @@ from atari_pb.finetune.base import (
     load_protocol_config,
     protocol_class,
     protocol_names,
+    protocol_scoring,
 )
 from atari_pb.finetune.resume import JobCheckpoint, remove_checkpoint
 from atari_pb.finetune.sizing import check_fleet_fits
@@ -250,6 +251,7 @@ def finish_job(prepared: PreparedJob, result: FinetuneResult, extra: dict | None
         encoder_sha256=prepared.digest,
         config=json.loads(json.dumps(config, default=str)),
         episode_scores=episode_scores,
+        scoring=protocol_scoring(protocol).to_json(),
     )
     return JobOutput(record, agent_files)
 
