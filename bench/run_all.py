@@ -39,6 +39,7 @@ BENCHES = (
     "resume",
     "fleet",
     "rlu",
+    "startup",
 )
 
 
