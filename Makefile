@@ -65,7 +65,8 @@ verify: setup
 
 data: collect ingest verify
 
-# Probe data (AtariARI): frame stacks labelled with the games' annotated RAM bytes, one HDF5 per game
+# Probe data (AtariARI): frame stacks labelled with the games' annotated RAM bytes, one HDF5 per game, in
+# $(DATA_ROOT)/probes/$(PROBE_DATASET) (PROBE_DATASET=probes: the full dataset, datasets/probes.yaml)
 .PHONY: probe-data
 probe-data: setup
 	$(BIN)/atari-pb collect-probes $(DATA_ROOT)/probes/$(PROBE_DATASET) --dataset $(PROBE_DATASET) $(ARGS)
@@ -94,11 +95,16 @@ finetune: setup
 	    $(if $(filter offline_bc,$(PROTOCOL)),--data $(FT_DATA),) $(BACKEND_ARGS) $(ARGS)
 
 # AtariARI linear probes (finetune/probe.yaml): ENCODER=path|random|pixels|e2e on the annotated games of SPLIT,
-# scored by mean F1 on the probe data's test split; PROBE_DATA from `make probe-data PROBE_DATASET=probes`
-PROBE_DATA ?= $(DATA_ROOT)/probes/probes
+# scored by the mean of the category means of the test F1; PROBE_DATA: what `make probe-data` wrote for the
+# same PROBE_DATASET
+PROBE_DATA ?= $(DATA_ROOT)/probes/$(PROBE_DATASET)
+# the games of SPLIT that PROBE_DATA holds (none: the protocol names what is missing)
+PROBE_GAMES ?= $(shell $(BIN)/python -c 'import sys; from atari_pb.probes.data import held_games; \
+               print(*held_games(*sys.argv[1:]))' $(PROBE_DATA) $(SPLIT) 2>/dev/null)
 .PHONY: probe
 probe: setup
 	$(BIN)/atari-pb finetune --protocol probe --encoder $(ENCODER) --split $(SPLIT) --data $(PROBE_DATA) \
+	    $(if $(strip $(PROBE_GAMES)),--games $(PROBE_GAMES),) \
 	    --results $(RESULTS) --workers $(WORKERS) $(ARGS)
 
 # Far-OOD offline data as the release made it (configs/data_generation.yaml, configs/agent/rainbow_nature.yaml):
@@ -152,7 +158,7 @@ demo: setup
 	$(foreach obj,$(DEMO_OBJS),$(MAKE) $(DEMO_DIR)/$(obj)/encoder.safetensors &&) true
 	$(DEMO_FINETUNE) --protocol offline_bc --data $(DATA_ROOT)/shards/demo $(DEMO_BC)
 	$(DEMO_FINETUNE) --protocol rainbow $(DEMO_RAINBOW)
-	$(MAKE) probe-data PROBE_DATASET=probes_demo
+	$(MAKE) probe-data PROBE_DATASET=probes_demo ARGS="--games $(DEMO_PROBE_GAMES)"
 	$(BIN)/atari-pb finetune --protocol probe --encoder $(DEMO_OBJS:%=$(DEMO_DIR)/%/encoder.safetensors) random \
 	    pixels --split id near_ood --games $(DEMO_PROBE_GAMES) --seeds 0 --preset tiny --results $(DEMO_DIR)/results \
 	    --workers $(WORKERS) --data $(DATA_ROOT)/probes/probes_demo $(DEMO_PROBE)

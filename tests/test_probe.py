@@ -1,11 +1,14 @@
-"""The `probe` protocol (AtariARI linear probes): its metric against hand computations, its batched optimiser
-and schedules against torch's per-variable ones, the trainer on an oracle and on shuffled labels of real
-probe data, the protocol through the command line (records, eval, leaderboard) and the bad requests."""
+"""The `probe` protocol (AtariARI linear probes): its metric and headline against hand computations, its
+batched optimiser and schedules against torch's per-variable ones, the trainer on an oracle and on shuffled
+labels of real probe data, the annotation tables, the protocol through the command line (records, eval,
+leaderboard), the bad requests (a test split too small among them) and `make probe-data && make probe`."""
 
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,22 +23,39 @@ from atari_pb.finetune.base import load_protocol_config
 from atari_pb.finetune.probe import (
     Classes,
     ColumnAdam,
+    ProbeDataConfig,
+    ProbeFeaturesConfig,
+    ProbeInputs,
     ProbeSchedule,
+    ProbeSplit,
     ProbeTrainConfig,
     fit_probes,
     label_entropy,
+    load_inputs,
     predict_values,
     probe_gradients,
+    site_pool,
     standardiser,
+    summarize,
     weighted_f1,
 )
 from atari_pb.models.encoder import Encoder, ModelConfig, export_encoder
-from atari_pb.probes.annotations import CATEGORIES, CATEGORY_NAMES
+from atari_pb.probes.annotations import (
+    CATEGORIES,
+    CATEGORY_NAMES,
+    annotations,
+    categories,
+    ram_indices,
+    variables,
+)
 from atari_pb.probes.data import ProbeData, ProbeDatasetConfig, collect_probes
 from tests.conftest import run_cli
 
 GAMES = ("boxing", "pong")  # an ID and a Near-OOD game, both annotated
-QUICK = ["train.epochs=4", "train.patience=2", "features.batch_size=128"]
+# the fixture's test splits hold 1-2 episodes: too few for the protocol's refusal, which a smoke test turns off
+SMOKE = "data.min_test_episodes=0"
+QUICK = ["train.epochs=4", "train.patience=2", "features.batch_size=128", SMOKE]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +105,49 @@ def test_label_entropy_is_scipys_in_nats():
     expected = [scipy.stats.entropy(np.unique(labels[:, v], return_counts=True)[1]) for v in range(3)]
     assert label_entropy(labels) == pytest.approx(expected)
     assert label_entropy(labels)[1] == pytest.approx(np.log(2))
+
+
+def test_headline_is_the_mean_of_the_category_means_by_hand():
+    """A made-up breakout record: 35 variables in 4 categories of 1, 2, 1 and 31 variables. Each probe is
+    right on every test frame (F1 1) or wrong on every one (F1 0), or half right (ball_y)."""
+    names = variables("breakout")
+    assert [
+        categories("breakout")[v] for v in ("player_x", "ball_x", "ball_y", "score", "blocks_hit_count")
+    ] == [
+        "agent_localization",
+        "small_object_localization",
+        "small_object_localization",
+        "score_clock_lives_display",
+        "misc",
+    ]
+    test = np.tile(np.arange(4, dtype=np.uint8)[:, None], (1, len(names)))  # 4 frames, values 0..3
+    predictions = (test + 1) % 4  # wrong everywhere ...
+    right = ["player_x", "ball_x", "block_bit_map_0", "block_bit_map_1", "block_bit_map_2"]
+    for v in right:  # ... but for these
+        predictions[:, names.index(v)] = test[:, names.index(v)]
+    half = names.index("ball_y")  # right on the frames of values 0 and 1: weighted F1 by hand below
+    predictions[:, half] = [0, 1, 0, 0]
+    split = ProbeSplit(None, test, np.zeros(4, np.int64))
+    inputs = ProbeInputs(
+        {"train": split, "val": split, "test": split}, names, {}, 0, 0, categories("breakout")
+    )
+    extra = {"epochs": np.ones(len(names)), "val_accuracy": np.ones(len(names)), "feature_dim": 8}
+    summary = summarize("breakout", inputs, predictions, extra)
+    # ball_y: class 0 TP 1, FP 2 (frames 2, 3 predicted 0), FN 0 -> 2/4; class 1 F1 1; classes 2, 3 F1 0;
+    # each weighs 1 of 4 frames
+    ball_y = (0.5 + 1.0) / 4
+    agent, small, score, misc = 1.0, (1.0 + ball_y) / 2, 0.0, 3 / 31
+    assert summary["category_f1"] == pytest.approx(
+        {
+            "agent_localization": agent,
+            "small_object_localization": small,
+            "score_clock_lives_display": score,
+            "misc": misc,
+        }
+    )
+    assert summary["across_categories_f1"] == pytest.approx((agent + small + score + misc) / 4)
+    assert summary["mean_f1"] == pytest.approx((5 + ball_y) / 35)  # kept beside it, and not the same
+    assert abs(summary["across_categories_f1"] - summary["mean_f1"]) > 0.2
 
 
 # ------------------------------------------------------------------------------------------- the batched probes
@@ -222,7 +285,7 @@ def test_oracle_features_decode_and_shuffled_labels_fall_to_chance(probe_dir):
     splits = {s: (draw(y, sizes[s]), np.arange(sizes[s]) // 150) for s, (y, _) in real.items()}
     every = np.concatenate([y for y, _ in splits.values()])
     values = [np.unique(every[:, v]) for v in range(every.shape[1])]
-    cfg = ProbeTrainConfig(epochs=30, patience=5)
+    cfg = ProbeTrainConfig(epochs=30, patience=5, lr=5e-4)  # ProbeTrainer's own lr: 30 epochs suffice
     features = {s: _oracle_features(y, values, 0.1, rng) for s, (y, _) in splits.items()}
     f1 = _fit_and_score(splits, features, cfg)
     train_y, test_y = splits["train"][0], splits["test"][0]
@@ -294,21 +357,34 @@ def test_sweep_writes_probe_records(sweep, probe_dir):
         variables = ProbeData(probe_dir, r.game).variables
         probed = [v for v in variables if v not in c["dropped_variables"]]
         assert list(c["variables"]) == probed
-        assert r.score == pytest.approx(np.mean([c["variables"][v]["f1"] for v in probed]))
-        assert c["mean_f1"] == r.score and 0.0 <= r.score <= 1.0
+        assert c["mean_f1"] == pytest.approx(np.mean([c["variables"][v]["f1"] for v in probed]))
         for category, value in c["category_f1"].items():
             members = [c["variables"][v]["f1"] for v in probed if CATEGORIES[r.game][v] == category]
             assert value == pytest.approx(np.mean(members))
         assert c["score_parts"] == c["category_f1"] and list(c["score_parts"]) == [
             n for n in CATEGORY_NAMES if n in c["category_f1"]
         ]
-        assert c["across_categories_f1"] == pytest.approx(np.mean(list(c["category_f1"].values())))
+        # the score: the mean of the category means, AtariARI's headline
+        assert r.score == c["across_categories_f1"] and 0.0 <= r.score <= 1.0
+        assert r.score == pytest.approx(np.mean(list(c["category_f1"].values())))
         assert {"f1", "accuracy", "majority_f1", "category", "epochs"} <= c["variables"][probed[0]].keys()
-        assert c["feature_dim"] == {"pixels": 441}.get(r.method, 64 * 4)  # tiny: 64 channels, 2x2 pooled
+        assert c["feature_dim"] == {"pixels": 441}.get(r.method, 64 * 36)  # tiny: 64 channels, the 6x6 map
+        assert c["pool"] == {"pixels": None}.get(r.method, 6)
     first = {p: p.read_bytes() for p in sweep.rglob("seed*.json")}
     args = ["finetune", "--protocol", "probe", "--encoder", "random", "--preset", "tiny", "--split", "id"]
     proc = run_cli(
-        *args, "--games", "boxing", "--seeds", "0", "1", "--data", probe_dir, "--results", sweep, cwd=sweep
+        *args,
+        "--games",
+        "boxing",
+        "--seeds",
+        "0",
+        "1",
+        "--data",
+        probe_dir,
+        "--results",
+        sweep,
+        SMOKE,
+        cwd=sweep,
     )
     assert proc.returncode == 0 and "2 already finished" in proc.stderr
     assert {p: p.read_bytes() for p in sweep.rglob("seed*.json")} == first
@@ -419,7 +495,7 @@ def test_bad_probe_requests(probe_dir, three_frames, extra, code, words, tmp_pat
     ]
     if "--encoder" not in extra:
         args += ["--encoder", "random"]
-    status, err = _cli(capsys, *args, *extra)
+    status, err = _cli(capsys, *args, *extra, SMOKE)
     lines = err.strip().splitlines()
     assert status == code and len(lines) == 1 and lines[0].startswith("atari-pb: error: "), err
     assert all(w.replace("NOPE", str(tmp_path / "nope")) in lines[0] for w in words), lines[0]
@@ -448,7 +524,7 @@ def test_a_baseline_of_another_protocol_is_refused(tmp_path, capsys):
 def test_nothing_is_overwritten_by_a_refused_request(sweep, probe_dir, three_frames, capsys):
     before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
     args = ["finetune", "--protocol", "probe", "--split", "id", "--games", "boxing", "--data", probe_dir]
-    status, _ = _cli(capsys, *args, "--encoder", three_frames, "--results", sweep)
+    status, _ = _cli(capsys, *args, "--encoder", three_frames, "--results", sweep, SMOKE)
     assert status == 2
     assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before
 
@@ -456,14 +532,19 @@ def test_nothing_is_overwritten_by_a_refused_request(sweep, probe_dir, three_fra
 def test_yaml_is_the_dataclass_and_checks_refuse_bad_values():
     cfg = load_protocol_config("probe")
     assert (cfg.train.lr, cfg.train.eps, cfg.train.batch_size, cfg.train.epochs, cfg.train.patience) == (
-        5e-4,
+        3e-4,
         1e-5,
         64,
         100,
         15,
     )
     assert (cfg.train.plateau_patience, cfg.train.plateau_factor, cfg.train.min_lr) == (5, 0.2, 1e-5)
-    assert (cfg.data.min_episode_length, cfg.data.entropy_threshold, cfg.features.pool) == (64, 0.6, 2)
+    assert (cfg.data.min_episode_length, cfg.data.entropy_threshold, cfg.features.pool) == (64, 0.6, 6)
+    # tiny's 64 channels at 6x6 (2,304); 512 channels at 3x3 (4,608); resnet50's 2,048 at 2x2 (8,192)
+    assert [site_pool(cfg.features, c) for c in (64, 512, 2048)] == [6, 3, 2]
+    assert site_pool(ProbeFeaturesConfig(pool=6, max_features=2048 * 9), 2048) == 3
+    assert site_pool(ProbeFeaturesConfig(pool=6, max_features=0), 2048) == 6
+    assert (cfg.data.annotations, cfg.data.min_test_episodes, cfg.features.standardise) == ("head", 10, True)
     from atari_pb.errors import UsageError
 
     for bad, key in [
@@ -471,6 +552,8 @@ def test_yaml_is_the_dataclass_and_checks_refuse_bad_values():
         ("features.pixels_pool=5", "pixels_pool"),
         ("train.sampling=random", "train.sampling"),
         ("train.plateau_factor=1.5", "plateau_factor"),
+        ("data.annotations=arxiv", "data.annotations"),
+        ("data.min_test_episodes=-1", "min_test_episodes"),
     ]:
         with pytest.raises(UsageError, match=key):
             load_protocol_config("probe", [bad])
@@ -557,3 +640,88 @@ def test_fit_probes_is_atariari_per_variable_training():
     for v, (w, b) in enumerate(kept):
         assert torch.allclose(fit.weight[:, classes.owner == v], w, atol=1e-5), v
         assert torch.allclose(fit.bias[classes.owner == v], b, atol=1e-5), v
+
+
+# ------------------------------------------------------------------------------------------- the options
+def test_a_test_split_too_small_is_refused_in_one_line(probe_dir, tmp_path, capsys):
+    """The fixture plays 8 envs of 150 frames: every test split keeps 1 or 2 episodes, fewer than 10."""
+    kept = {g: len(np.unique(ProbeData(probe_dir, g).episodes("test"))) for g in GAMES}
+    assert all(0 < n < 10 for n in kept.values()), kept
+    args = ["finetune", "--protocol", "probe", "--encoder", "random", "--preset", "tiny", "--split", "id"]
+    args += ["--games", "boxing", "--data", probe_dir, "--results", tmp_path / "results"]
+    status, err = _cli(capsys, *args)
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("atari-pb: error: boxing: "), err
+    assert f"holds {kept['boxing']} episodes" in lines[0] and "data.min_test_episodes=10" in lines[0]
+    assert not (tmp_path / "results").exists()
+    # the bound follows the option; the same check guards load_inputs (after the test duplicates go)
+    status, err = _cli(capsys, *args, f"data.min_test_episodes={kept['boxing'] + 1}")
+    assert status == 2 and f"data.min_test_episodes={kept['boxing'] + 1}" in err
+    from atari_pb.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"pong: its test split holds \d episodes"):
+        load_inputs(ProbeData(probe_dir, "pong"), ProbeDataConfig())
+    assert load_inputs(ProbeData(probe_dir, "pong"), ProbeDataConfig(min_test_episodes=1)).variables
+
+
+def test_the_annotation_table_option_switches_the_labels(probe_dir):
+    """`data.annotations: paper` probes the paper's table (commit dacd816): pong without the paddles' x
+    bytes (added after the paper), space_invaders' lives at byte 125, seaquest's bytes 71-74 as diver_x."""
+    assert variables("pong", "paper") == [
+        "player_y",
+        "enemy_y",
+        "ball_x",
+        "ball_y",
+        "enemy_score",
+        "player_score",
+    ]
+    assert set(variables("pong")) - set(variables("pong", "paper")) == {"player_x", "enemy_x"}
+    assert annotations("paper")["space_invaders"]["num_lives"] == 125
+    assert annotations("head")["space_invaders"]["num_lives"] == 73
+    assert categories("seaquest", "paper")["diver_x_0"] == "other_localization"
+    assert categories("seaquest")["diver_or_enemy_missile_x_0"] == "small_object_localization"
+    differ = sorted(g for g in annotations("head") if annotations("head")[g] != annotations("paper")[g])
+    assert differ == ["pitfall", "pong", "private_eye", "qbert", "seaquest", "space_invaders", "yars_revenge"]
+    data = ProbeData(probe_dir, "pong")
+    for table in ("head", "paper"):
+        inputs = load_inputs(data, ProbeDataConfig(annotations=table, min_test_episodes=0))
+        assert sorted([*inputs.variables, *inputs.dropped]) == sorted(variables("pong", table)), table
+        assert inputs.categories == categories("pong", table)
+        columns = [ram_indices("pong", table)[variables("pong", table).index(v)] for v in inputs.variables]
+        np.testing.assert_array_equal(inputs.splits["val"].labels, data.ram("val")[:, columns])
+    head = load_inputs(data, ProbeDataConfig(min_test_episodes=0))
+    assert {"player_x", "enemy_x"} <= head.dropped.keys()  # constant in play: never probed
+
+
+def test_standardise_off_leaves_the_features_as_they_are():
+    x = torch.randn(50, 3) * torch.tensor([1.0, 10.0, 0.0]) + 5
+    mean, std = standardiser(x)
+    assert (
+        torch.allclose(mean, x.mean(0))
+        and std[2] == 1.0
+        and torch.allclose(std[:2], x.std(0, unbiased=False)[:2])
+    )
+    mean, std = standardiser(x, standardise=False)
+    assert (mean == 0).all() and (std == 1).all()
+
+
+# ------------------------------------------------------------------------------------------- make
+def test_make_probe_data_then_make_probe_with_the_defaults(tmp_path):
+    """The README's two commands with the Makefile's defaults (PROBE_DATASET=probes_demo) on a smaller
+    selection of that dataset (boxing, 64 envs of 70 frames), in a scratch DATA_ROOT and RESULTS: `make
+    probe` finds what `make probe-data` wrote and probes the games of SPLIT it holds."""
+    before = {p.name for p in REPO.iterdir()}
+    make = ["make", "--no-print-directory", f"DATA_ROOT={tmp_path / 'data'}"]
+    env = {**os.environ, "CI": "true"}
+    collect = [*make, "probe-data", "ARGS=--games boxing frames_per_game=4480"]
+    proc = subprocess.run(collect, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (tmp_path / "data" / "probes" / "probes_demo" / "boxing.h5").is_file()
+    probe = [*make, "probe", "ENCODER=random", "SPLIT=id", f"RESULTS={tmp_path / 'results'}", "WORKERS=1"]
+    probe.append("ARGS=--preset tiny --seeds 0 train.epochs=3")
+    proc = subprocess.run(probe, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (record,) = read_records(tmp_path / "results")
+    assert (record.method, record.protocol, record.game, record.seed) == ("random", "probe", "boxing", 0)
+    assert record.config["episodes"]["test"] >= 10  # the defaults' refusal let it through
+    assert {p.name for p in REPO.iterdir()} == before  # nothing written into the checkout

@@ -1,5 +1,6 @@
 """AtariARI probe data: the RAM annotation table read from real games while they are played, and
-`atari-pb collect-probes` end to end (files, manifest, splits by episode, labels, frames, re-runs, errors)."""
+`atari-pb collect-probes` end to end (files, manifest, an episode per life, splits by episode, labels, frames,
+re-runs, errors)."""
 
 from __future__ import annotations
 
@@ -33,9 +34,12 @@ from atari_pb.probes.data import (
     ProbeData,
     ProbeDatasetConfig,
     assign_splits,
+    check_config,
     env_config,
     env_rams,
     env_seed,
+    game_frames,
+    play,
     policy_seeds,
 )
 
@@ -148,8 +152,10 @@ def test_probe_dataset_files():
     full = load_config(ProbeDatasetConfig, DATASETS / "probes.yaml")
     assert full == ProbeDatasetConfig() and full.games == annotated_games()
     assert full.sticky_action_prob == EnvConfig().sticky_action_prob
+    assert (full.frames_per_game, full.num_envs, full.episode_end) == (50_000, 64, "life")
     demo = load_config(ProbeDatasetConfig, DATASETS / "probes_demo.yaml")
-    assert demo.frames_per_game == 3000 and set(demo.games) <= set(annotated_games())
+    assert demo.frames_per_game == 6400 and demo.game_frames == {"breakout": 24000}
+    assert set(demo.games) <= set(annotated_games()) and demo.episode_end == "life"
     with pytest.raises(UsageError, match="unknown key 'frames'"):
         load_config(ProbeDatasetConfig, DATASETS / "probes_demo.yaml", ["frames=3"])
 
@@ -169,28 +175,32 @@ def test_splits_take_whole_episodes_near_their_shares():
 
 # ------------------------------------------------------------------------------------------- collect-probes
 GAMES = ["pong", "breakout"]
-OVERRIDES = ["frames_per_game=400", "num_envs=4"]
+OVERRIDES = ["frames_per_game=400", "game_frames.breakout=400", "num_envs=4"]
 ARGS = ["--dataset", "probes_demo", "--games", *GAMES, *OVERRIDES]
 
 
 def _replay(game: str, cfg: ProbeDatasetConfig) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
-    """(episode, step) -> (frame stack, RAM) of the same play, made here with make_vector_env and the same
-    seeds and random actions, episodes numbered as they start."""
+    """(episode, step) -> (frame stack, RAM, lives) of the same play, made here with make_vector_env and the
+    same seeds and random actions, episodes numbered as they start: a new one at game over and wherever the
+    env's info["lives"] fell since the step before (AtariARI's EpisodicLifeEnv)."""
     g, n = get_game(game), cfg.num_envs
     env, obs = make_vector_env(g, n, EnvConfig(sticky_action_prob=cfg.sticky_action_prob), env_seed(cfg, g))
     policy = RandomPolicy(env.single_action_space.n, policy_seeds(cfg, g))
     episode, step, fresh, out = list(range(n)), [0] * n, n, {}
+    lives = [ale.lives() for ale in env.ales]
     try:
         while True:
             for i, ale in enumerate(env.ales):
-                out[(episode[i], step[i])] = (obs[i].copy(), ale.getRAM().copy())
+                out[(episode[i], step[i])] = (obs[i].copy(), ale.getRAM().copy(), lives[i])
             if len(out) >= cfg.frames_per_game + n:
                 return out
-            obs, _, term, trunc, _ = env.step(policy.act(obs))
+            obs, _, term, trunc, info = env.step(policy.act(obs))
             for i in range(n):
                 step[i] += 1
-                if term[i] or trunc[i]:
+                lost = info["lives"][i] < lives[i]
+                if term[i] or trunc[i] or (lost and cfg.episode_end == "life"):
                     episode[i], step[i], fresh = fresh, 0, fresh + 1
+                lives[i] = int(info["lives"][i])
     finally:
         env.close()
 
@@ -218,13 +228,13 @@ def test_collect_probes_end_to_end(tmp_path, capsys):
 
     for game in GAMES:
         with h5py.File(dst / f"{game}.h5", "r") as f:
-            raw = {k: f[k][:] for k in ("obs", "ram", "labels", "split", "episode", "step")}
+            raw = {k: f[k][:] for k in ("obs", "ram", "labels", "split", "episode", "step", "lives")}
             attrs = dict(f.attrs)
         assert raw["obs"].shape == (400, 4, 84, 84) and raw["obs"].dtype == np.uint8
         assert raw["ram"].shape == (400, 128) and raw["labels"].shape == (400, len(variables(game)))
         assert attrs["game"] == game and json.loads(attrs["variables"]) == variables(game)
         assert json.loads(attrs["ram_indices"]) == ram_indices(game) and attrs["policy"] == "random"
-        assert attrs["format_version"] == 1 and attrs["seed"] == 0
+        assert attrs["format_version"] == 2 and attrs["seed"] == 0
         np.testing.assert_array_equal(raw["labels"], raw["ram"][:, ram_indices(game)])
         # whole episodes per split; rows ordered by split, episode, step
         for e in np.unique(raw["episode"]):
@@ -234,11 +244,18 @@ def test_collect_probes_end_to_end(tmp_path, capsys):
             np.testing.assert_array_equal(np.diff(raw["step"][rows]), 1)
         assert (np.diff(raw["split"].astype(int)) >= 0).all() and set(raw["split"].tolist()) == {0, 1, 2}
         # the frames and RAM are those make_vector_env gives for the same seeds and actions
+        # (the episode ids included, so they change exactly where the lives fell or the game ended)
         replay = _replay(game, cfg)
         for k in range(400):
-            frame, ram = replay[(int(raw["episode"][k]), int(raw["step"][k]))]
+            frame, ram, lives = replay[(int(raw["episode"][k]), int(raw["step"][k]))]
             np.testing.assert_array_equal(raw["obs"][k], frame)
             np.testing.assert_array_equal(raw["ram"][k], ram)
+            assert raw["lives"][k] == lives
+        if game == "breakout":  # 5 lives: most of its episodes end at a lost life, the game going on
+            starts = [raw["lives"][raw["episode"] == e][0] for e in np.unique(raw["episode"])]
+            assert len(starts) > 10 and sum(s < 5 for s in starts) > len(starts) / 2, starts
+        for e in np.unique(raw["episode"]):  # no life is lost within an episode
+            assert len(np.unique(raw["lives"][raw["episode"] == e])) == 1
 
         data = ProbeData(dst, game)
         assert data.variables == variables(game) and len(data) == 400
@@ -286,6 +303,43 @@ def test_collect_probes_end_to_end(tmp_path, capsys):
     (broken / "breakout.h5").unlink()
     with pytest.raises(DataError, match=r"breakout.h5: missing"):
         ProbeData(broken, "breakout")
+
+
+@pytest.mark.parametrize("episode_end", ["life", "game"])
+def test_breakout_episodes_end_where_info_lives_falls(episode_end, tmp_path):
+    """Breakout played at random (5 lives): with `life`, the episode id changes exactly where the env's
+    info["lives"] fell since the step before, or the game ended; with `game`, only where the game ended."""
+    cfg = ProbeDatasetConfig(games=["breakout"], frames_per_game=1000, num_envs=2, episode_end=episode_end)
+    stream = play(get_game("breakout"), cfg, tmp_path / "obs.npy")
+    replay = _replay("breakout", cfg)
+    for k in range(len(stream.episode)):
+        frame, ram, lives = replay[(int(stream.episode[k]), int(stream.step[k]))]
+        np.testing.assert_array_equal(stream.obs[k], frame)
+        np.testing.assert_array_equal(stream.ram[k], ram)
+        assert stream.lives[k] == lives
+    for env in range(2):  # rows are step-major, env-minor
+        episode, lives = stream.episode[env::2], stream.lives[env::2]
+        changed = np.diff(episode) != 0
+        fell, restarted = np.diff(lives) < 0, np.diff(lives) > 0  # a game over restarts at 5 lives
+        if episode_end == "life":
+            np.testing.assert_array_equal(changed, fell | restarted)
+            assert fell.sum() >= 4, lives
+        else:
+            np.testing.assert_array_equal(changed, restarted)
+            assert fell.sum() >= 4 and set(lives[:20].tolist()) == {5}
+
+
+def test_game_frames_size_games_apart(tmp_path):
+    cfg = ProbeDatasetConfig(
+        games=["pong", "freeway"], frames_per_game=64, num_envs=8, game_frames={"pong": 96}
+    )
+    assert [game_frames(cfg, get_game(g)) for g in cfg.games] == [96, 64]
+    with pytest.raises(UsageError, match=r"game_frames.pong=4: at least num_envs \(8\)"):
+        check_config(ProbeDatasetConfig(games=["pong"], game_frames={"pong": 4}, num_envs=8))
+    with pytest.raises(UsageError, match="'surround' has no AtariARI RAM annotations"):
+        check_config(ProbeDatasetConfig(games=["pong"], game_frames={"surround": 400}))
+    with pytest.raises(UsageError, match="episode_end='death'; valid: life, game"):
+        check_config(ProbeDatasetConfig(games=["pong"], episode_end="death"))
 
 
 def test_env_is_the_projects_default():

@@ -42,7 +42,10 @@ QUICK = {
         ],
         True,
     ),
-    "probe": (["train.epochs=2", "train.patience=1", "features.batch_size=64"], False),
+    "probe": (
+        ["train.epochs=2", "train.patience=1", "features.batch_size=64", "data.min_test_episodes=0"],
+        False,
+    ),
 }
 DATA = {"offline_bc": "shard_dir", "probe": "probe_dir"}  # the fixture holding a protocol's `needs_data`
 GAME = get_game("breakout")
@@ -50,11 +53,13 @@ GAME = get_game("breakout")
 
 @pytest.fixture(scope="module")
 def probe_dir(tmp_path_factory):
-    """Real probe data of GAME (atari-pb collect-probes): 4 episodes of 100 frame stacks."""
+    """Real probe data of GAME (atari-pb collect-probes): 4 episodes of 100 frame stacks (whole games: most
+    of breakout's lives last fewer than 64 frames, which the probe drops)."""
     from atari_pb.probes.data import ProbeDatasetConfig, collect_probes
 
     dst = tmp_path_factory.mktemp("probes")
-    collect_probes(dst, ProbeDatasetConfig(games=[GAME.name], frames_per_game=400, num_envs=4))
+    cfg = ProbeDatasetConfig(games=[GAME.name], frames_per_game=400, num_envs=4, episode_end="game")
+    collect_probes(dst, cfg)
     return dst
 
 

@@ -28,7 +28,7 @@ class ResultRecord:
     game: str
     seed: int
     # raw game score: mean over the evaluation episodes; a self-scoring protocol's own score on its own scale
-    # (`Protocol.score_scale`: the probe's mean test F1), with no episodes
+    # (`Protocol.score_scale`: the probe's test F1, the mean of its category means), with no episodes
     score: float
     episodes: int = 0  # evaluation episodes behind `score`
     gradient_steps: int = 0  # optimiser steps of fine-tuning

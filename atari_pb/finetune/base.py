@@ -10,8 +10,8 @@ A protocol (offline BC, Rainbow, ...) is a class registered under its name with
   - optionally `can_save_agent` and `save_agent(result, game, path)`.
 How a protocol is scored and which requests it takes are declarations the sweep and eval read:
   - `rollouts`: True (default): the sweep plays `result.agent` in the split's evaluation env (eval/<split>.yaml)
-    and the record's score is the mean episode return; False: the protocol scores itself (the probe: mean F1
-    on its test split) and returns that in `FinetuneResult.score`; the record then has 0 episodes;
+    and the record's score is the mean episode return; False: the protocol scores itself (the probe: test F1,
+    the mean of its category means) and returns that in `FinetuneResult.score`; the record then has 0 episodes;
   - `score_scale`: "game" (default): raw game scores, which eval normalises (DQN / human); any other name is
     the protocol's own fixed scale (the probe's "f1", in [0, 1]), aggregated raw and tabulated apart;
   - `score_parts` / `score_parts_title`: sub-scores every record holds in `config["score_parts"]` (the probe's

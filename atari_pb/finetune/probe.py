@@ -1,24 +1,29 @@
 """AtariARI linear probes on one game: how well a frozen encoder's features decode the game's annotated RAM
 state (Anand et al., "Unsupervised State Representation Learning in Atari", NeurIPS 2019). Read top to bottom.
 
-    probe data (`atari-pb collect-probes`: frame stacks labelled with the annotated RAM bytes, split by episode)
+    probe data (`atari-pb collect-probes`: frame stacks with their RAM, an episode per life, split by episode)
+      -> labels: the RAM bytes of the annotation table (`data.annotations`: AtariARI's HEAD or its paper's)
       -> AtariARI's filtering (`data:`): episodes of <= 64 frames dropped, variables whose label entropy over
-         the kept frames is below 0.6 nats not probed, test frames equal to a train or val frame dropped
+         the kept frames is below 0.6 nats not probed, test frames equal to a train or val frame dropped; a
+         game whose test split then keeps fewer than `min_test_episodes` (10) episodes is refused
       -> features, computed once per frame for every split (`features:`): the frozen backbone's (C, 6, 6) map
-         average-pooled to pool x pool (2: C*4 features; 1: global; 6: the whole map), standardised with the
-         train split's mean and std
+         average-pooled to pool x pool (6, the default: the whole map, C*36 features; 1: global), coarser
+         where that exceeds `max_features` (resnet50: 2x2, 8,192), standardised with the train split's
+         mean and std (`standardise`; AtariARI feeds raw features). The site was chosen by measurement:
+         docs/parity.md, "Probes (AtariARI)"
       -> every variable's linear probe trained at once (`train:`): one (D, K) weight holding all variables'
          classes, one forward for all of them, Adam with a learning rate per variable, per-variable early
          stopping on the validation accuracy (the best weights kept) and per-variable ReduceLROnPlateau
       -> on the test split, per variable: weighted F1 (scikit-learn's average="weighted") and accuracy; per
          category (agent / small object / other localization, score-clock-lives-display, misc) their means,
-         and the mean of the category means ("across_categories_avg", AtariARI's headline number). The game's
-         score, what eval aggregates, is the mean F1 over its probed variables.
+         and the mean of the category means ("across_categories_avg", AtariARI's headline number): the game's
+         score, what eval aggregates. The mean F1 over the probed variables is kept beside it (`mean_f1`).
 
 Defaults (finetune/probe.yaml) are AtariARI's, from atariari/benchmark/probe.py (ProbeTrainer) and utils.py
 (EarlyStopping) of github.com/mila-iqia/atari-representation-learning: a linear layer per variable (256 byte
-values), Adam lr 5e-4 and eps 1e-5, batches of 64 frames each drawn from an episode picked uniformly, up to 100
-epochs, early stopping with patience 15 on the validation accuracy (only a strictly better accuracy resets
+values), Adam lr 3e-4 (scripts/run_probe.py passes atariari/methods/utils.py's --probe-lr default; the
+class's own default, 5e-4, is not what its paper ran) and eps 1e-5, batches of 64 frames each drawn from an
+episode picked uniformly, up to 100 epochs, early stopping with patience 15 on the validation accuracy (only a strictly better accuracy resets
 it), ReduceLROnPlateau(mode="max", patience=5, factor=0.2, min_lr=1e-5) on the same accuracy, weighted F1;
 the data filters are get_episodes' (atariari/benchmark/episodes.py: min_episode_length=64,
 entropy_threshold=0.6, remove_duplicates).
@@ -42,8 +47,11 @@ Where this deviates from AtariARI, on purpose:
   - the best validation weights are restored (AtariARI saves them but tests the last ones; `keep_best`);
   - the representation is the backbone's pooled map: the encoder's neck is Atari-PB's per-game adapter, which
     every fine-tuning protocol replaces too;
-  - the frames are this project's 84x84 4-frame stacks with episodes to game over (AtariARI: single 210x160
-    frames, an episode per life).
+  - the features are standardised (`features.standardise`): one probe learning rate then suits every encoder,
+    whatever the scale of its features (a ResNet's post-ReLU map and a random CNN's differ by orders of
+    magnitude); measured on the random tiny backbone, docs/parity.md "Probes (AtariARI)";
+  - the frames are this project's 84x84 4-frame stacks (AtariARI: single 210x160 frames).
+Every difference, with what it changes where measured: docs/parity.md, "Probes (AtariARI)".
 
 Registered as the `probe` protocol (finetune/probe.yaml): self-scoring (`rollouts = False`, no environment),
 on the "f1" scale, its records carrying the category means as `score_parts`.
@@ -52,6 +60,7 @@ on the "f1" scale, its records carrying the category means as `score_parts`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import logging
 import math
@@ -70,10 +79,13 @@ from atari_pb.errors import DataError, UsageError
 from atari_pb.finetune.base import FinetuneResult, FinetuneTask, Protocol, register
 from atari_pb.probes.annotations import (
     ANNOTATIONS,
-    CATEGORIES,
     CATEGORY_NAMES,
+    TABLES,
     annotated_games,
+    categories,
     check_annotated,
+    ram_indices,
+    variables,
 )
 
 log = logging.getLogger(__name__)
@@ -95,13 +107,20 @@ class ProbeDataConfig:
     min_episode_length: int = 64  # episodes of at most this many frames are dropped
     entropy_threshold: float = 0.6  # variables with a lower label entropy (nats, all kept frames): not probed
     dedup_test: bool = True  # test frames equal to a train or val frame are dropped (remove_duplicates)
+    annotations: str = "head"  # head: AtariARI's HEAD table | paper: the paper's (probes/annotations.py)
+    min_test_episodes: int = 10  # a game whose test split keeps fewer episodes is refused; 0: never
 
 
 @dataclass
 class ProbeFeaturesConfig:
     """The `features:` section: what the probes read."""
 
-    pool: int = 2  # adaptive average pooling of the backbone's 6x6 map: 1 global, 2 -> C*4 features, 6 all
+    pool: int = 6  # adaptive average pooling of the backbone's 6x6 map: 1 global, 2 -> C*4 features, 6 all
+    # a map pooled to more features than this is pooled coarser (3, then 2, then 1): resnet50 (2,048
+    # channels) is read at 2x2, 8,192 features, where its 3x3 and 6x6 maps probed no better (docs/parity.md)
+    # at 2.25 and 9 times the memory; 0: no bound
+    max_features: int = 8192
+    standardise: bool = True  # features scaled by the train split's mean and std (AtariARI: raw features)
     pixels_pool: int = 4  # the pixels baseline: k x k average pooling of the last 84x84 frame (4: 441)
     batch_size: int = 256  # frames per forward of the frozen backbone
 
@@ -110,7 +129,7 @@ class ProbeFeaturesConfig:
 class ProbeTrainConfig:
     """The `train:` section: AtariARI's ProbeTrainer and EarlyStopping."""
 
-    lr: float = 5e-4
+    lr: float = 3e-4  # run_probe.py's --probe-lr default (ProbeTrainer's own is 5e-4)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # torch's Adam default, as AtariARI
     eps: float = 1e-5
     batch_size: int = 64
@@ -139,6 +158,7 @@ def check(cfg: ProbeConfig) -> None:
     d, f, t = cfg.data, cfg.features, cfg.train
     problems = [
         (not 1 <= f.pool <= 6, f"features.pool={f.pool}: 1 (global average) to 6 (the whole 6x6 map)"),
+        (f.max_features < 0, f"features.max_features={f.max_features}: must be >= 0 (0: no bound)"),
         (f.pixels_pool < 1 or 84 % f.pixels_pool != 0, f"features.pixels_pool={f.pixels_pool}: must divide 84"),
         (min(f.batch_size, t.batch_size, t.epochs, t.patience) < 1 or t.plateau_patience < 0,
          "features.batch_size, train.batch_size, train.epochs and train.patience must be >= 1, "
@@ -148,8 +168,9 @@ def check(cfg: ProbeConfig) -> None:
         (len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas), f"train.betas={t.betas}: two in [0, 1)"),
         (t.sampling not in SAMPLINGS, f"train.sampling={t.sampling!r}; valid: {', '.join(SAMPLINGS)}"),
         (t.classes not in CLASS_SETS, f"train.classes={t.classes!r}; valid: {', '.join(CLASS_SETS)}"),
-        (d.min_episode_length < 0 or d.entropy_threshold < 0,
-         "data.min_episode_length and data.entropy_threshold must be >= 0"),
+        (d.min_episode_length < 0 or d.entropy_threshold < 0 or d.min_test_episodes < 0,
+         "data.min_episode_length, data.entropy_threshold and data.min_test_episodes must be >= 0"),
+        (d.annotations not in TABLES, f"data.annotations={d.annotations!r}; valid: {', '.join(TABLES)}"),
     ]  # fmt: skip
     for bad, message in problems:
         if bad:
@@ -183,15 +204,21 @@ def label_entropy(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def category_means(variables: list[str], values: np.ndarray, categories: dict[str, str]) -> dict[str, float]:
+def category_means(names: list[str], values: np.ndarray, category: dict[str, str]) -> dict[str, float]:
     """Mean of `values` (one per variable) over each category's variables, in CATEGORY_NAMES order; a
     category without variables is left out (AtariARI's compute_category_avgs)."""
     out = {}
     for name in CATEGORY_NAMES:
-        picked = [float(x) for v, x in zip(variables, values) if categories[v] == name]
+        picked = [float(x) for v, x in zip(names, values) if category[v] == name]
         if picked:
             out[name] = float(np.mean(picked))
     return out
+
+
+def headline(category_values: dict[str, float]) -> float:
+    """A game's score: the mean of its category means (AtariARI's across_categories_avg, probe.py:250-262,
+    what its paper's tables report), so that a category of many variables does not outweigh the others."""
+    return float(np.mean(list(category_values.values())))
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -205,10 +232,11 @@ class ProbeSplit:
 @dataclass
 class ProbeInputs:
     splits: dict[str, ProbeSplit]
-    variables: list[str]  # the probed ones, in `variables(game)` order
+    variables: list[str]  # the probed ones, in `variables(game, table)` order
     dropped: dict[str, float]  # variable -> its label entropy, below the threshold: not probed
     short_episodes: int  # episodes dropped for being too short
     test_duplicates: int  # test frames dropped (equal to a train or val frame, or left alone in an episode)
+    categories: dict[str, str] = field(default_factory=dict)  # variable -> category, of the chosen table
 
 
 def _drop_short(split: ProbeSplit, min_length: int) -> tuple[ProbeSplit, int]:
@@ -236,12 +264,29 @@ def _drop_test_duplicates(splits: dict[str, ProbeSplit]) -> int:
     return int((~keep).sum())
 
 
+def long_episodes(episodes: np.ndarray, min_length: int) -> int:
+    """How many of the episodes (one id per frame) hold more than `min_length` frames."""
+    return int((np.unique(episodes, return_counts=True)[1] > min_length).sum())
+
+
+def check_test_size(game: str, episodes: int, cfg: ProbeDataConfig) -> None:
+    """Refuse a game whose test split is too small to mean something (`data.min_test_episodes`)."""
+    if episodes < cfg.min_test_episodes:
+        raise UsageError(
+            f"{game}: its test split holds {episodes} episodes of more than {cfg.min_episode_length} frames, "
+            f"fewer than data.min_test_episodes={cfg.min_test_episodes}; collect more frames or envs "
+            "(frames_per_game, num_envs), or set data.min_test_episodes=0 for a smoke test"
+        )
+
+
 def load_inputs(data, cfg: ProbeDataConfig) -> ProbeInputs:
     """A game's frames and labels (`data`: a ProbeData) after AtariARI's filtering, in its order: short
-    episodes, then the entropy of the labels over every kept frame, then test duplicates."""
+    episodes, then the entropy of the labels over every kept frame, then test duplicates. The labels are
+    the RAM bytes of `cfg.annotations`' table."""
+    indices = ram_indices(data.game, cfg.annotations)
     splits, short = {}, 0
     for name in SPLIT_NAMES:
-        raw = ProbeSplit(data.obs(name), data.labels(name), data.episodes(name))
+        raw = ProbeSplit(data.obs(name), data.ram(name)[:, indices], data.episodes(name))
         splits[name], n = _drop_short(raw, cfg.min_episode_length)
         short += n
     entropy = label_entropy(np.concatenate([s.labels for s in splits.values()]))
@@ -252,6 +297,7 @@ def load_inputs(data, cfg: ProbeDataConfig) -> ProbeInputs:
             f"{cfg.entropy_threshold} (at most {entropy.max():.3f} nats): nothing to probe"
         )
     duplicates = _drop_test_duplicates(splits) if cfg.dedup_test else 0
+    check_test_size(data.game, long_episodes(splits["test"].episodes, 0), cfg)
     empty = [name for name, s in splits.items() if len(s.labels) == 0]
     if empty:
         raise DataError(
@@ -260,9 +306,10 @@ def load_inputs(data, cfg: ProbeDataConfig) -> ProbeInputs:
         )
     for s in splits.values():
         s.labels = np.ascontiguousarray(s.labels[:, keep])
-    variables = [v for v, k in zip(data.variables, keep) if k]
-    dropped = {v: float(e) for v, e, k in zip(data.variables, entropy, keep) if not k}
-    return ProbeInputs(splits, variables, dropped, short, duplicates)
+    names = variables(data.game, cfg.annotations)
+    probed = [v for v, k in zip(names, keep) if k]
+    dropped = {v: float(e) for v, e, k in zip(names, entropy, keep) if not k}
+    return ProbeInputs(splits, probed, dropped, short, duplicates, categories(data.game, cfg.annotations))
 
 
 class EpisodeSampler:
@@ -291,6 +338,15 @@ def pooled(fmap: torch.Tensor, pool: int) -> torch.Tensor:
     return F.adaptive_avg_pool2d(fmap, pool).flatten(1)
 
 
+def site_pool(cfg: ProbeFeaturesConfig, channels: int) -> int:
+    """The pooling the probe reads a map of `channels` at: `cfg.pool`, coarsened to 3, 2, then 1 (bins of
+    equal size on the 6x6 map) while it gives more than `cfg.max_features` features."""
+    pool = cfg.pool
+    while cfg.max_features and pool > 1 and channels * pool * pool > cfg.max_features:
+        pool = max(p for p in (1, 2, 3) if p < pool)
+    return pool
+
+
 def pixels(obs: torch.Tensor, pool: int) -> torch.Tensor:
     """The pixels baseline's features: the stack's last frame, k x k average-pooled, in [0, 1]."""
     last = obs[:, -1:].float() / 255.0
@@ -307,8 +363,11 @@ def compute_features(extract, obs: np.ndarray, batch_size: int, device: torch.de
     return torch.cat(chunks)
 
 
-def standardiser(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The train split's per-feature mean and std (1 where a feature is constant)."""
+def standardiser(train: torch.Tensor, standardise: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The train split's per-feature mean and std (1 where a feature is constant); with `standardise`
+    false, 0 and 1 (the features as they are, as AtariARI probes them)."""
+    if not standardise:
+        return train.new_zeros(train.shape[1]), train.new_ones(train.shape[1])
     mean, std = train.mean(0), train.std(0, unbiased=False)
     return mean, torch.where(std > 1e-6, std, torch.ones_like(std))
 
@@ -663,12 +722,13 @@ def _frozen(cfg: ProbeConfig, task: FinetuneTask, inputs: ProbeInputs, device: t
         extract = lambda obs: pixels(obs, f.pixels_pool)  # noqa: E731
     else:
         backbone = copy.deepcopy(task.encoder.backbone).to(device).eval().requires_grad_(False)
+        f = dataclasses.replace(f, pool=site_pool(f, backbone.out_channels))
         extract = lambda obs: pooled(backbone(obs), f.pool)  # noqa: E731
     with task.sections("features"):
         feats = {}
         for name, split in inputs.splits.items():
             feats[name], split.obs = compute_features(extract, split.obs, f.batch_size, device), None
-    mean, std = standardiser(feats["train"])
+    mean, std = standardiser(feats["train"], f.standardise)
     x = {name: (value - mean) / std for name, value in feats.items()}
     train, val = inputs.splits["train"], inputs.splits["val"]
     classes = Classes.from_labels(train.labels, cfg.train.classes, device)
@@ -687,6 +747,7 @@ def _frozen(cfg: ProbeConfig, task: FinetuneTask, inputs: ProbeInputs, device: t
     model = ProbeModel(backbone, f, classes, mean, std, fit.weight, fit.bias, inputs.variables)
     predictions = predict_values(x["test"], fit.weight, fit.bias, classes)
     extra = {"epochs": fit.epochs, "val_accuracy": fit.val_accuracy, "feature_dim": int(mean.numel())}
+    extra["pool"] = None if backbone is None else f.pool
     return model, predictions, fit.steps, extra
 
 
@@ -694,8 +755,9 @@ def _e2e(cfg: ProbeConfig, task: FinetuneTask, inputs: ProbeInputs, device: torc
     """The e2e baseline: the backbone trained with the heads. Returns what `_frozen` does."""
     f, train = cfg.features, inputs.splits["train"]
     backbone = copy.deepcopy(task.encoder.backbone).to(device).requires_grad_(True)
+    f = dataclasses.replace(f, pool=site_pool(f, backbone.out_channels))
     first = compute_features(lambda obs: pooled(backbone(obs), f.pool), train.obs, f.batch_size, device)
-    mean, std = standardiser(first)
+    mean, std = standardiser(first, f.standardise)
     classes = Classes.from_labels(train.labels, cfg.train.classes, device)
     weight, bias = init_linear(len(mean), classes.size, torch.Generator().manual_seed(task.seed))
     model = ProbeModel(backbone, f, classes, mean, std, weight.to(device), bias.to(device), inputs.variables)
@@ -704,50 +766,53 @@ def _e2e(cfg: ProbeConfig, task: FinetuneTask, inputs: ProbeInputs, device: torc
     index = model_indices(model, inputs.splits["test"].obs, f.batch_size)
     n = classes.num_vars
     extra = {"epochs": np.full(n, epochs), "val_accuracy": np.full(n, best), "feature_dim": int(mean.numel())}
+    extra["pool"] = f.pool
     return model.eval(), classes.decode(index).cpu().numpy(), steps, extra
 
 
 def summarize(game: str, inputs: ProbeInputs, predictions: np.ndarray, extra: dict) -> dict:
     """The record's figures: per variable, per category, the game's means and AtariARI's headline number."""
     train, test = inputs.splits["train"].labels, inputs.splits["test"].labels
-    variables, categories = inputs.variables, CATEGORIES[game]
-    f1 = np.array([weighted_f1(test[:, v], predictions[:, v]) for v in range(len(variables))])
+    names, category = inputs.variables, inputs.categories
+    f1 = np.array([weighted_f1(test[:, v], predictions[:, v]) for v in range(len(names))])
     accuracy = (predictions == test).mean(0)
-    majority = [np.bincount(train[:, v], minlength=NUM_VALUES).argmax() for v in range(len(variables))]
+    majority = [np.bincount(train[:, v], minlength=NUM_VALUES).argmax() for v in range(len(names))]
     floor = np.array([weighted_f1(test[:, v], np.full(len(test), m)) for v, m in enumerate(majority)])
-    category_f1 = category_means(variables, f1, categories)
-    category_accuracy = category_means(variables, accuracy, categories)
+    category_f1 = category_means(names, f1, category)
+    category_accuracy = category_means(names, accuracy, category)
     per_variable = {
         name: {
-            "category": categories[name],
+            "category": category[name],
             "f1": float(f1[v]),
             "accuracy": float(accuracy[v]),
             "majority_f1": float(floor[v]),
             "val_accuracy": float(extra["val_accuracy"][v]),
             "epochs": int(extra["epochs"][v]),
         }
-        for v, name in enumerate(variables)
+        for v, name in enumerate(names)
     }
     return {
         "score_parts": category_f1,  # eval's per-category tables (Protocol.score_parts)
-        "mean_f1": float(f1.mean()),
+        "across_categories_f1": headline(category_f1),  # the record's score
+        "mean_f1": float(f1.mean()),  # the mean over the variables, beside it
         "mean_accuracy": float(accuracy.mean()),
-        "across_categories_f1": float(np.mean(list(category_f1.values()))),
-        "across_categories_accuracy": float(np.mean(list(category_accuracy.values()))),
+        "across_categories_accuracy": headline(category_accuracy),
         "majority_mean_f1": float(floor.mean()),
         "category_f1": category_f1,
         "category_accuracy": category_accuracy,
         "variables": per_variable,
         "dropped_variables": inputs.dropped,
         "frames": {name: int(len(s.labels)) for name, s in inputs.splits.items()},
+        "episodes": {name: long_episodes(s.episodes, 0) for name, s in inputs.splits.items()},
         "short_episodes_dropped": inputs.short_episodes,
         "test_frames_dropped": inputs.test_duplicates,
         "feature_dim": extra["feature_dim"],
+        "pool": extra.get("pool"),  # the map's pooling read (features.pool within max_features); None: pixels
     }
 
 
 def train_probe(cfg: ProbeConfig, task: FinetuneTask) -> FinetuneResult:
-    """Probe one game (module docstring); the result's score is the mean test F1 over its variables."""
+    """Probe one game (module docstring); the result's score is the mean of its category means."""
     from atari_pb.probes.data import ProbeData
 
     start = time.perf_counter()
@@ -769,24 +834,25 @@ def train_probe(cfg: ProbeConfig, task: FinetuneTask) -> FinetuneResult:
     summary = summarize(game, inputs, predictions, extra)
     summary["data"] = str(data.path)
     log.info(
-        "probe %s seed %d: mean F1 %.3f (across categories %.3f, majority class %.3f) over %d variables",
+        "probe %s seed %d: F1 %.3f across categories (over variables %.3f, majority class %.3f), %d variables",
         game,
         task.seed,
-        summary["mean_f1"],
         summary["across_categories_f1"],
+        summary["mean_f1"],
         summary["majority_mean_f1"],
         len(inputs.variables),
     )
     seconds = time.perf_counter() - start
     return FinetuneResult(
-        model, steps, env_steps=0, seconds=seconds, summary=summary, score=summary["mean_f1"]
+        model, steps, env_steps=0, seconds=seconds, summary=summary, score=summary["across_categories_f1"]
     )
 
 
 # ------------------------------------------------------------------------------------------- the protocol
-def probe_frames(data: Path, games: list[str]) -> int:
+def probe_frames(data: Path, games: list[str], cfg: ProbeDataConfig | None = None) -> int:
     """Check the probe data of `games` in `data` (listed, SHA-256 as in the manifest, this atari-pb's
-    annotations) and return the frames per stack it holds."""
+    annotations; with `cfg`, test splits large enough before the test duplicates go) and return the frames
+    per stack it holds."""
     import h5py
 
     from atari_pb.probes.data import MANIFEST_NAME, ProbeData, read_manifest
@@ -800,8 +866,10 @@ def probe_frames(data: Path, games: list[str]) -> int:
         )
     frames = set()
     for game in games:
-        path = ProbeData(data, game).path
-        with h5py.File(path, "r") as f:
+        probe = ProbeData(data, game)
+        if cfg is not None:
+            check_test_size(game, long_episodes(probe.episodes("test"), cfg.min_episode_length), cfg)
+        with h5py.File(probe.path, "r") as f:
             frames.add(int(f["obs"].shape[1]))
     if len(frames) != 1:
         raise DataError(f"{data}: the games' frame stacks differ in length ({sorted(frames)})")
@@ -810,7 +878,8 @@ def probe_frames(data: Path, games: list[str]) -> int:
 
 @register
 class Probe(Protocol):
-    """AtariARI's linear probes of the annotated RAM state (self-scoring: mean test F1 per game)."""
+    """AtariARI's linear probes of the annotated RAM state (self-scoring: per game, the mean of its category
+    means of the test F1)."""
 
     name = "probe"
     Config = ProbeConfig
@@ -841,7 +910,7 @@ class Probe(Protocol):
 
     @staticmethod
     def check_data(cfg: ProbeConfig, data: Path, games) -> int:
-        return probe_frames(Path(data), list(games))
+        return probe_frames(Path(data), list(games), cfg.data)
 
     @staticmethod
     def train(cfg: ProbeConfig, task: FinetuneTask) -> FinetuneResult:

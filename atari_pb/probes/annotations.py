@@ -9,6 +9,15 @@ atari-representation-learning at commit a06f52ca3bfafbd8a805254e10ea8f159251a0b4
 The games are the paper's 22 (its benchmark tables). `atari_dict` also holds `battlezone` and `skiing`,
 which the paper's benchmark does not use; they are left out here.
 
+Two tables (`TABLES`; the probe's `data.annotations`):
+  head   the table above (AtariARI's HEAD, what `pip install atariari` gives), the default: it corrects the
+         paper's space_invaders num_lives byte (125 -> 73, commit 87805e5), names seaquest's bytes 71-74 by
+         what they hold (diver_or_enemy_missile_x: a small object there, not an "other" one) and adds pitfall's
+         clock, qbert's score and tile colours and pong's paddle x (constant in play, so never probed);
+  paper  the table of the paper's commit dacd81686d339d41540b2789edee9ce4c4156341 (2019-10-11), with which
+         its Table 2 was made: `PAPER_CHANGES` replaces 7 games' entries by that commit's (the other 15 are
+         the same bytes under the same names). For setting our figures next to the paper's.
+
 Variables declared as a list of bytes expand to name_0, name_1, ... The order of `variables(game)` is
 AtariARI's own label order: the single-byte variables as declared, then each list's entries (AtariARI
 pops the lists and appends their entries at the end of the game's dict).
@@ -316,6 +325,76 @@ _TABLE: dict[str, dict[str, int | tuple[int, ...]]] = {
     },
 }
 
+# The paper's table where it differs from HEAD: atariari/benchmark/ram_annotations.py at dacd816, whole entries
+PAPER_COMMIT = "dacd81686d339d41540b2789edee9ce4c4156341"
+PAPER_CHANGES: dict[str, dict[str, int | tuple[int, ...]]] = {
+    "pitfall": {
+        "player_x": 97,
+        "player_y": 105,
+        "enemy_logs_x": 98,
+        "enemy_scorpion_x": 99,
+        "bottom_of_rope_y": 18,
+    },
+    "pong": {
+        "player_y": 51,
+        "enemy_y": 50,
+        "ball_x": 49,
+        "ball_y": 54,
+        "enemy_score": 13,
+        "player_score": 14,
+    },
+    "private_eye": {
+        "agent_x": 63,
+        "agent_y": 86,
+        "room_number": 92,
+        "clock": (67, 69),
+        "player_direction": 58,
+        "score": (73, 74),
+        "dove_x": 48,
+        "dove_y": 39,
+    },
+    "qbert": {
+        "player_x": 43,
+        "player_y": 67,
+        "player_column": 35,
+        "red_enemy_column": 69,
+        "green_enemy_column": 105,
+    },
+    "seaquest": {
+        "enemy_obstacle_x": tuple(range(30, 34)),
+        "player_x": 70,
+        "player_y": 97,
+        "diver_x": tuple(range(71, 75)),
+        "player_direction": 86,
+        "missile_direction": 87,
+        "oxygen_meter_value": 102,
+        "missile_x": 103,
+        "score": (57, 58),
+        "num_lives": 59,
+        "divers_collected_count": 62,
+    },
+    "space_invaders": {
+        "invaders_left_count": 17,
+        "player_score": 104,
+        "num_lives": 125,
+        "player_x": 28,
+        "enemies_x": 26,
+        "missiles_y": 9,
+        "enemies_y": 24,
+    },
+    "yars_revenge": {
+        "player_yar_x": 32,
+        "player_yar_y": 31,
+        "yar_missile_x": 38,
+        "yar_missile_y": 37,
+        "enemy_qotile_x": 43,
+        "enemy_qotile_y": 42,
+        "qotile_missile_x": 47,
+        "qotile_missile_y": 46,
+    },
+}
+TABLES = ("head", "paper")
+
 # (game, variable) -> the one category used here, where AtariARI's name rules give two or none
 ATARIARI_CATEGORY_EXCEPTIONS: dict[tuple[str, str], str] = {
     ("asteroids", "num_lives_direction"): "score_clock_lives_display",  # also misc there
@@ -359,10 +438,33 @@ def _category(game: str, variable: str) -> str:
     return found[0]
 
 
-ANNOTATIONS: dict[str, dict[str, int]] = {game: _expand(table) for game, table in _TABLE.items()}
-CATEGORIES: dict[str, dict[str, str]] = {
-    game: {variable: _category(game, variable) for variable in table} for game, table in ANNOTATIONS.items()
-}
+def _build(tables: dict[str, dict]) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, str]]]:
+    annotations = {game: _expand(table) for game, table in tables.items()}
+    categories = {
+        game: {variable: _category(game, variable) for variable in table}
+        for game, table in annotations.items()
+    }
+    return annotations, categories
+
+
+ANNOTATIONS, CATEGORIES = _build(_TABLE)  # HEAD's, the default
+_BY_TABLE = {"head": (ANNOTATIONS, CATEGORIES), "paper": _build({**_TABLE, **PAPER_CHANGES})}
+
+
+def check_table(table: str) -> str:
+    if table not in TABLES:
+        raise UsageError(f"annotation table {table!r}; valid: {', '.join(TABLES)}")
+    return table
+
+
+def annotations(table: str = "head") -> dict[str, dict[str, int]]:
+    """game -> {variable: RAM index} of `table` (head | paper)."""
+    return _BY_TABLE[check_table(table)][0]
+
+
+def categories(game: str, table: str = "head") -> dict[str, str]:
+    """variable -> its category, for `game` under `table`."""
+    return _BY_TABLE[check_table(table)][1][check_annotated(game)]
 
 
 def annotated_games() -> list[str]:
@@ -380,11 +482,11 @@ def check_annotated(game: str) -> str:
     return name
 
 
-def variables(game: str) -> list[str]:
+def variables(game: str, table: str = "head") -> list[str]:
     """The game's variables in a fixed order (AtariARI's label order): the columns of probe labels."""
-    return list(ANNOTATIONS[check_annotated(game)])
+    return list(annotations(table)[check_annotated(game)])
 
 
-def ram_indices(game: str) -> list[int]:
-    """The RAM index of each of `variables(game)`, in that order."""
-    return list(ANNOTATIONS[check_annotated(game)].values())
+def ram_indices(game: str, table: str = "head") -> list[int]:
+    """The RAM index of each of `variables(game, table)`, in that order."""
+    return list(annotations(table)[check_annotated(game)].values())

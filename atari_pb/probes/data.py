@@ -7,14 +7,24 @@ the observation after step t (t = 0: after the reset); its RAM is read right aft
 next one, so both describe the same moment. With same-step autoreset, an episode's last frame is never seen
 (the observation returned is already the next episode's first), as in AtariARI's collection.
 
-Layout of `DST/<game>.h5` (format version 1), rows ordered by split, then episode, then step, so that each
+Episodes (`episode_end`): `life` (the default) ends one at every lost life, as AtariARI's EpisodicLifeEnv
+(baselines' atari_wrappers, in AtariARI's wrap_deepmind) does: the frame after the step that lost the life
+(the env's `info["lost_life"]`, where its frame stack restarts from zeros) is the next episode's first, step
+0. The game itself goes on to game over, as in AtariARI, whose EpisodicLifeEnv does not reset the game at a
+lost life either. One difference: the env counts a life as lost when the lives fall below the count kept at
+the last reset or loss, so a bonus life followed by a loss ends no episode there (baselines compares with
+the previous step's count). `game`: episodes run to game over (format 1's only rule).
+
+Layout of `DST/<game>.h5` (format version 2), rows ordered by split, then episode, then step, so that each
 split and each episode is one contiguous block:
   obs      (N, 4, 84, 84) uint8   frame stacks, gzip-compressed in chunks
   ram      (N, 128) uint8         the console's RAM
   labels   (N, V) uint8           ram[:, ram_indices]; V = len(variables), in `variables(game)` order
   split    (N,) uint8             0 train, 1 val, 2 test: whole episodes, so no episode is in two splits
   episode  (N,) int32             episode id, unique within the file (numbered in the order they started)
-  step     (N,) int32             agent steps since the episode's reset (0: the reset's observation)
+  step     (N,) int32             agent steps since the episode's start (0: the reset's observation, or
+                                  the first after a lost life)
+  lives    (N,) int32             the console's lives (ALE's lives()) at that frame
   attrs    format, format_version, game, variables (JSON list), ram_indices (JSON list), categories
            (JSON {variable: category}), policy, seed, settings (JSON: everything that shaped the data)
 Episodes still running when the game's frames are all collected are cut there and kept (each env's last
@@ -22,11 +32,11 @@ episode); AtariARI keeps such episodes too. `DST/manifest.json` lists each finis
 size, and the settings every file of DST was collected with.
 
 What AtariARI's benchmark does on top of such data, left to the probe protocol (it reads `episode`, `step`
-and `labels`): it drops episodes of 64 frames or fewer, drops variables whose label entropy over all frames
+and `ram`): it drops episodes of 64 frames or fewer, drops variables whose label entropy over all frames
 is below 0.6 nats, removes test frames identical to a train or val frame, and splits by episode count
-(70/10/20 of the shuffled episodes). It plays with a random agent that never picks action 0 and ends an
-episode at every lost life (EpisodicLifeEnv), on 210x160 single frames; here the frames are the project's
-84x84 4-stacks and episodes run to game over.
+(70/10/20 of the episodes). It plays with a random agent that never picks action 0, on 210x160 single
+frames; here the frames are the project's 84x84 4-stacks, the policy uniform over the action set and the
+split 70/10/20 of the frames (docs/parity.md, "Probes (AtariARI)").
 """
 
 from __future__ import annotations
@@ -54,9 +64,10 @@ from atari_pb.probes.annotations import CATEGORIES, annotated_games, check_annot
 log = logging.getLogger(__name__)
 
 FORMAT = "atari-pb-probes"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: episodes end at lost lives (episode_end), a lives column
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "val", "test")  # split codes 0, 1, 2
+EPISODE_ENDS = ("life", "game")
 RAM_SIZE = 128
 _CHUNK = 32  # frame stacks per compressed chunk
 _WRITE_BLOCK = 1024  # rows copied into the HDF5 file at a time
@@ -77,13 +88,19 @@ class ProbeDatasetConfig:
 
     # annotated games, or splits (their annotated games); default: every annotated game
     games: list[str] = field(default_factory=annotated_games)
-    frames_per_game: int = 20_000
+    frames_per_game: int = 50_000  # AtariARI's --probe-steps
+    # frames of the games named here instead: games whose lives are short (breakout) need more frames for
+    # as many episodes of more than 64 frames as the others
+    game_frames: dict[str, int] = field(default_factory=dict)
     splits: SplitFractions = field(default_factory=SplitFractions)
     seed: int = 0
     policy: str = "random"  # random | eps-greedy:<agent.safetensors, {game} = each game> (as `collect`)
     epsilon: float = 0.01  # eps-greedy only
     sticky_action_prob: float = EnvConfig.sticky_action_prob  # the env's default
-    num_envs: int = 8  # envs played side by side; each one's last episode is cut when the frames are all in
+    # envs played side by side; each one's last episode is cut when the frames are all in. 64: games without
+    # lives play one episode per env, and the probe wants 10 in the test split (20% of them)
+    num_envs: int = 64
+    episode_end: str = "life"  # life: an episode ends at every lost life (AtariARI) | game: at game over
 
 
 # ------------------------------------------------------------------------------------------- settings
@@ -108,6 +125,11 @@ def probe_games(names: Sequence[str]) -> list[Game]:
     return list(out.values())
 
 
+def game_frames(cfg: ProbeDatasetConfig, game: Game) -> int:
+    """The frames collected of `game`."""
+    return cfg.game_frames.get(game.name, cfg.frames_per_game)
+
+
 def env_config(cfg: ProbeDatasetConfig) -> EnvConfig:
     """The env the games are played in: the project's default env, with the dataset's sticky actions."""
     return EnvConfig(sticky_action_prob=cfg.sticky_action_prob)
@@ -122,6 +144,8 @@ def check_config(cfg: ProbeDatasetConfig) -> list[Game]:
     from atari_pb.data.collect import check_policy
 
     games = probe_games(cfg.games)
+    if cfg.episode_end not in EPISODE_ENDS:
+        raise UsageError(f"episode_end={cfg.episode_end!r}; valid: {', '.join(EPISODE_ENDS)}")
     share = fractions(cfg)
     if share.min() < 0 or abs(share.sum() - 1.0) > 1e-6 or share[0] <= 0:
         raise UsageError(f"splits {dict(zip(SPLITS, share.tolist()))}: must be >= 0, sum to 1, train > 0")
@@ -129,8 +153,15 @@ def check_config(cfg: ProbeDatasetConfig) -> list[Game]:
         raise UsageError(
             f"num_envs={cfg.num_envs}: at least one per non-empty split ({int((share > 0).sum())})"
         )
-    if cfg.frames_per_game < cfg.num_envs:
-        raise UsageError(f"frames_per_game={cfg.frames_per_game}: at least num_envs ({cfg.num_envs})")
+    for name in cfg.game_frames:
+        check_annotated(name)
+    sizes = {
+        "frames_per_game": cfg.frames_per_game,
+        **{f"game_frames.{g}": n for g, n in cfg.game_frames.items()},
+    }
+    for key, n in sizes.items():
+        if n < cfg.num_envs:
+            raise UsageError(f"{key}={n}: at least num_envs ({cfg.num_envs})")
     env_cfg = env_config(cfg)
     check_env_config(env_cfg)
     if uses_ale_vector_env(env_cfg):
@@ -191,7 +222,8 @@ def read_manifest(root: Path) -> tuple[dict | None, dict[str, ProbeFile]]:
             raise UsageError(f"{path} is not a probe dataset manifest (format {doc.get('format')!r})")
         if doc.get("format_version") != FORMAT_VERSION:
             raise DataError(
-                f"{path}: format_version {doc.get('format_version')!r}, this atari-pb reads {FORMAT_VERSION}"
+                f"{path}: format_version {doc.get('format_version')!r}, this atari-pb reads {FORMAT_VERSION}; "
+                "collect the probe data again into a new directory"
             )
         files = [ProbeFile(**e) for e in doc["files"]]
         return doc["settings"], {f.game: f for f in files}
@@ -199,6 +231,14 @@ def read_manifest(root: Path) -> tuple[dict | None, dict[str, ProbeFile]]:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise DataError(f"{path}: malformed manifest ({err})") from None
+
+
+def held_games(root: str | Path, *splits: str) -> list[str]:
+    """The games of `splits` whose probe data `root`'s manifest lists (none when it has no manifest):
+    what `make probe` probes, so that a dataset of a few games (probes_demo) needs no --games."""
+    _, files = read_manifest(Path(root))
+    wanted = {g.name for split in splits for g in split_games(split)}
+    return [g for g in sorted(files) if g in wanted]
 
 
 def write_manifest(root: Path, config: dict, files: dict[str, ProbeFile]) -> None:
@@ -239,13 +279,14 @@ class Stream:
     ram: np.ndarray  # (N, 128) uint8
     episode: np.ndarray  # (N,) int32
     step: np.ndarray  # (N,) int32
+    lives: np.ndarray  # (N,) int32
 
 
 def play(game: Game, cfg: ProbeDatasetConfig, obs_path: Path, progress: tqdm | None = None) -> Stream:
-    """Play `cfg.frames_per_game` frames of `game` with `cfg.num_envs` envs; frame stacks go to `obs_path`."""
+    """Play `game_frames(cfg, game)` frames with `cfg.num_envs` envs; frame stacks go to `obs_path`."""
     from atari_pb.data.collect import make_policy
 
-    n, total = cfg.num_envs, cfg.frames_per_game
+    n, total = cfg.num_envs, game_frames(cfg, game)
     env, obs = make_vector_env(game, n, env_config(cfg), env_seed(cfg, game))
     try:
         policy = make_policy(_collect_config(cfg), game, env.single_action_space.n, policy_seeds(cfg, game))
@@ -253,6 +294,7 @@ def play(game: Game, cfg: ProbeDatasetConfig, obs_path: Path, progress: tqdm | N
         stream = Stream(
             frames,
             np.empty((total, RAM_SIZE), np.uint8),
+            np.empty(total, np.int32),
             np.empty(total, np.int32),
             np.empty(total, np.int32),
         )
@@ -264,14 +306,18 @@ def play(game: Game, cfg: ProbeDatasetConfig, obs_path: Path, progress: tqdm | N
             rows = slice(row, row + take)
             stream.obs[rows], stream.ram[rows] = obs[:take], env_rams(env, rams)[:take]
             stream.episode[rows], stream.step[rows] = episode[:take], step[:take]
+            stream.lives[rows] = [ale.lives() for ale in env.ales[:take]]
             row += take
             if progress is not None:
                 progress.update(take)
             if row == total:
                 return stream
-            obs, _, terminated, truncated, _ = env.step(policy.act(obs))
+            obs, _, terminated, truncated, info = env.step(policy.act(obs))
             step += 1
-            for i in np.flatnonzero(terminated | truncated):  # obs[i] is already the next episode's first
+            ended = terminated | truncated  # obs[i] is already the next game's first
+            if cfg.episode_end == "life":
+                ended = ended | info["lost_life"]  # obs[i]: the first after the lost life (module docstring)
+            for i in np.flatnonzero(ended):
                 episode[i], step[i], next_episode = next_episode, 0, next_episode + 1
     finally:
         env.close()
@@ -330,6 +376,7 @@ def write_game_file(
             "split": split[order].astype(np.uint8),
             "episode": stream.episode[order],
             "step": stream.step[order],
+            "lives": stream.lives[order],
         }
         for name, array in arrays.items():
             f.create_dataset(name, data=array, track_times=False)
@@ -405,7 +452,7 @@ def collect_probes(dst: Path, cfg: ProbeDatasetConfig) -> list[str]:
             log.info("%s: already collected in %s", g.name, dst)
     dst.mkdir(parents=True, exist_ok=True)
     with tqdm(
-        total=len(todo) * cfg.frames_per_game,
+        total=sum(game_frames(cfg, g) for g in todo),
         unit="frame",
         unit_scale=True,
         desc="collect-probes",
@@ -458,6 +505,7 @@ class ProbeData:
                 self.split = f["split"][:]
                 self.episode = f["episode"][:]
                 self.step = f["step"][:]
+                self.lives = f["lives"][:]
                 shapes = {name: f[name].shape for name in ("obs", "ram", "labels")}
         except (OSError, KeyError) as err:
             raise DataError(f"{self.path}: not a probe data file ({err})") from None
@@ -482,7 +530,10 @@ class ProbeData:
             "ram": (length, RAM_SIZE),
             "labels": (length, len(self.variables)),
         }
-        if shapes != want or not len(self.split) == len(self.episode) == len(self.step) == length:
+        if (
+            shapes != want
+            or not len(self.split) == len(self.episode) == len(self.step) == len(self.lives) == length
+        ):
             raise DataError(
                 f"{self.path}: shapes {shapes} do not fit {length} frames of {len(self.variables)} variables"
             )
